@@ -1,0 +1,228 @@
+"""Decoder configuration parsed from a Hugging Face ``config.json`` (Qwen2/2.5, Qwen3, Llama 3.x)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3", "llama")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+_ACTIVATIONS = ("silu",)
+
+
+class ModelConfigError(ValueError):
+    """A ``config.json`` esjax cannot represent; the message names the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Everything the decoder needs; hashable so it can be a static jit argument.
+
+    ``rope_scaling`` is a tuple of (key, value) pairs (hashable) holding the normalised RoPE parameters.
+    """
+
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: tuple[tuple[str, Any], ...] = (("rope_type", "default"),)
+    max_position_embeddings: int = 32768
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False
+    eos_token_ids: tuple[int, ...] = ()
+    bos_token_id: int | None = None
+    pad_token_id: int | None = None
+    hf_config_json: str = dataclasses.field(default="{}", compare=False, repr=False)
+
+    @property
+    def num_groups(self) -> int:
+        """Query heads per key/value head (GQA)."""
+        return self.num_attention_heads // self.num_key_value_heads
+
+    @property
+    def rope(self) -> dict[str, Any]:
+        return dict(self.rope_scaling)
+
+    def inv_freq(self) -> np.ndarray:
+        """RoPE inverse frequencies, float32 [head_dim // 2], computed as transformers does (incl. llama3 scaling)."""
+        dim = self.head_dim
+        base = np.float32(self.rope_theta)
+        inv = (1.0 / (base ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)))).astype(np.float32)
+        rope = self.rope
+        kind = rope.get("rope_type", "default")
+        if kind == "linear":
+            inv = inv / np.float32(rope["factor"])
+        elif kind == "llama3":
+            factor, low, high = (float(rope[k]) for k in ("factor", "low_freq_factor", "high_freq_factor"))
+            old_len = float(rope["original_max_position_embeddings"])
+            # float32 throughout, and scalar / tensor as reciprocal * scalar, as torch evaluates it
+            wavelen = np.reciprocal(inv) * np.float32(2 * math.pi)
+            low_wl, high_wl = old_len / low, old_len / high
+            scaled = np.where(wavelen > low_wl, inv / np.float32(factor), inv)
+            smooth = (np.reciprocal(wavelen) * np.float32(old_len) - np.float32(low)) / np.float32(high - low)
+            smoothed = (1 - smooth) * scaled / np.float32(factor) + smooth * scaled
+            medium = ~(wavelen < high_wl) & ~(wavelen > low_wl)
+            inv = np.where(medium, smoothed, scaled).astype(np.float32)
+        return inv
+
+    def num_params(self) -> int:
+        """Number of parameters (the tied embedding counted once)."""
+        d, f, h, kv, hd = self.hidden_size, self.intermediate_size, self.num_attention_heads, self.num_key_value_heads, self.head_dim
+        attn = d * h * hd + 2 * d * kv * hd + h * hd * d
+        attn += (h * hd + 2 * kv * hd) * self.qkv_bias + d * self.o_bias + 2 * hd * self.qk_norm
+        mlp = 3 * d * f + (2 * f + d) * self.mlp_bias
+        layer = attn + mlp + 2 * d
+        emb = self.vocab_size * d * (1 if self.tie_word_embeddings else 2)
+        return self.num_hidden_layers * layer + emb + d
+
+    def to_hf_dict(self) -> dict[str, Any]:
+        """The original ``config.json`` contents (for export)."""
+        return json.loads(self.hf_config_json)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["rope_scaling"] = dict(self.rope_scaling)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        d = dict(d)
+        d["rope_scaling"] = tuple(sorted(d["rope_scaling"].items()))
+        d["eos_token_ids"] = tuple(d["eos_token_ids"])
+        return cls(**d)
+
+
+def _require(cfg: dict[str, Any], key: str, typ: type, where: str) -> Any:
+    if key not in cfg:
+        raise ModelConfigError(f"{where}: missing required field '{key}'")
+    value = cfg[key]
+    if typ is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, typ) or isinstance(value, bool) and typ is not bool:
+        raise ModelConfigError(f"{where}: field '{key}' must be {typ.__name__}, got {value!r}")
+    return value
+
+
+def _rope_from(cfg: dict[str, Any], where: str) -> tuple[float, dict[str, Any]]:
+    """Normalise old (rope_theta + rope_scaling) and new (rope_parameters) RoPE keys."""
+    params = cfg.get("rope_parameters")
+    if isinstance(params, dict) and params and all(isinstance(v, dict) for v in params.values()):
+        raise ModelConfigError(f"{where}: field 'rope_parameters' with per-layer-type RoPE is not supported")
+    params = dict(params or {})
+    legacy = cfg.get("rope_scaling")
+    if legacy:
+        if not isinstance(legacy, dict):
+            raise ModelConfigError(f"{where}: field 'rope_scaling' must be an object, got {legacy!r}")
+        params = {**legacy, **params}
+    theta = params.pop("rope_theta", cfg.get("rope_theta", 10000.0))
+    if not isinstance(theta, (int, float)) or isinstance(theta, bool) or theta <= 0:
+        raise ModelConfigError(f"{where}: field 'rope_theta' must be a positive number, got {theta!r}")
+    kind = params.pop("rope_type", params.pop("type", "default")) or "default"
+    if kind not in SUPPORTED_ROPE_TYPES:
+        raise ModelConfigError(
+            f"{where}: field 'rope_type' = {kind!r} is not supported (supported: {', '.join(SUPPORTED_ROPE_TYPES)})"
+        )
+    if params.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ModelConfigError(f"{where}: field 'partial_rotary_factor' != 1 is not supported")
+    out: dict[str, Any] = {"rope_type": kind}
+    needed = {"default": (), "linear": ("factor",), "llama3": ("factor", "low_freq_factor", "high_freq_factor")}[kind]
+    for key in needed:
+        if key not in params:
+            raise ModelConfigError(f"{where}: rope_type {kind!r} needs field '{key}'")
+        out[key] = float(params[key])
+    if kind == "llama3":
+        out["original_max_position_embeddings"] = int(
+            params.get("original_max_position_embeddings", cfg.get("max_position_embeddings", 8192))
+        )
+    return float(theta), out
+
+
+def _eos_ids(cfg: dict[str, Any], gen: dict[str, Any]) -> tuple[int, ...]:
+    eos = gen.get("eos_token_id", cfg.get("eos_token_id"))
+    if eos is None:
+        return ()
+    return tuple(int(e) for e in (eos if isinstance(eos, list) else [eos]))
+
+
+def config_from_hf(cfg: dict[str, Any], generation_config: dict[str, Any] | None = None, where: str = "config.json") -> ModelConfig:
+    """Build a :class:`ModelConfig` from the dicts of ``config.json`` and ``generation_config.json``.
+
+    Raises :class:`ModelConfigError` naming the offending field for anything unsupported.
+    """
+    gen = generation_config or {}
+    model_type = cfg.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ModelConfigError(
+            f"{where}: field 'model_type' = {model_type!r} is not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
+        )
+    ints = {k: _require(cfg, k, int, where) for k in (
+        "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")}
+    heads = ints["num_attention_heads"]
+    kv_heads = cfg.get("num_key_value_heads") or heads
+    if not isinstance(kv_heads, int) or heads % kv_heads:
+        raise ModelConfigError(f"{where}: field 'num_key_value_heads' = {kv_heads!r} must divide num_attention_heads = {heads}")
+    head_dim = cfg.get("head_dim") or ints["hidden_size"] // heads
+    if not isinstance(head_dim, int) or head_dim % 2:
+        raise ModelConfigError(f"{where}: field 'head_dim' must be an even integer, got {head_dim!r}")
+    if cfg.get("head_dim") is None and ints["hidden_size"] % heads:
+        raise ModelConfigError(f"{where}: field 'hidden_size' must be divisible by num_attention_heads without 'head_dim'")
+    act = cfg.get("hidden_act", "silu")
+    if act not in _ACTIVATIONS:
+        raise ModelConfigError(f"{where}: field 'hidden_act' = {act!r} is not supported (supported: silu)")
+    layer_types = cfg.get("layer_types") or []
+    uses_sliding = cfg.get("use_sliding_window", False) and (not layer_types or "sliding_attention" in layer_types)
+    if uses_sliding or any(t != "full_attention" for t in layer_types):
+        raise ModelConfigError(f"{where}: field 'use_sliding_window'/'layer_types': sliding-window attention is not supported")
+    theta, rope = _rope_from(cfg, where)
+    attention_bias = bool(cfg.get("attention_bias", False))
+    if cfg.get("pretraining_tp", 1) not in (1, None):
+        raise ModelConfigError(f"{where}: field 'pretraining_tp' != 1 is not supported")
+    eps = cfg.get("rms_norm_eps", 1e-6)
+    return ModelConfig(
+        model_type=model_type,
+        **ints,
+        num_key_value_heads=kv_heads,
+        head_dim=head_dim,
+        rms_norm_eps=float(eps),
+        rope_theta=theta,
+        rope_scaling=tuple(sorted(rope.items())),
+        max_position_embeddings=int(cfg.get("max_position_embeddings", 32768)),
+        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        qkv_bias=True if model_type == "qwen2" else attention_bias,
+        o_bias=attention_bias if model_type != "qwen2" else False,
+        mlp_bias=bool(cfg.get("mlp_bias", False)) if model_type == "llama" else False,
+        qk_norm=model_type == "qwen3",
+        eos_token_ids=_eos_ids(cfg, gen),
+        bos_token_id=gen.get("bos_token_id", cfg.get("bos_token_id")),
+        pad_token_id=gen.get("pad_token_id", cfg.get("pad_token_id")),
+        hf_config_json=json.dumps(cfg, sort_keys=True),
+    )
+
+
+def load_config(model_dir: str | Path) -> ModelConfig:
+    """Read ``config.json`` (+ ``generation_config.json`` when present) from an HF model directory."""
+    model_dir = Path(model_dir)
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise ModelConfigError(f"{model_dir}: no config.json (not a Hugging Face model directory)")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelConfigError(f"{path}: not valid JSON ({e})") from None
+    gen_path = model_dir / "generation_config.json"
+    gen = json.loads(gen_path.read_text()) if gen_path.is_file() else None
+    return config_from_hf(cfg, gen, where=str(path))

@@ -1,0 +1,259 @@
+"""The decoder (Qwen2/2.5, Qwen3, Llama 3.x) as Flax linen modules, and pure functions around it.
+
+Parameters are a plain pytree (``{"embed_tokens": {"embedding": [V, D]}, "layers_0": {...}, ..., "norm": {...}}``)
+passed to :func:`flax.linen.Module.apply`; nothing is captured in closures, so ES can pass perturbed params and
+GRPO can differentiate them. Linear kernels are stored ``[in, out]`` (the transpose of HF's ``[out, in]``).
+
+An optional ``"lowrank"`` variable collection mirrors ``params`` with ``{"a": [m, r], "b": [n, r]}`` per matrix;
+each matrix ``W`` [m, n] then acts as ``W + a @ b.T`` without ever being materialised (low-rank ES, EGGROLL).
+The caller folds the noise scale into ``b``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from esjax.models.config import ModelConfig
+
+Array = jax.Array
+Params = dict[str, Any]
+KVCache = tuple[dict[str, Array], ...]  # per layer {"k": [B, S, KV, Dh], "v": [B, S, KV, Dh]}
+
+_INIT = nn.initializers.normal(stddev=0.02)
+_MASK_VALUE = float(jnp.finfo(jnp.float32).min)
+
+
+def _lowrank(module: nn.Module, name: str) -> dict[str, Array] | None:
+    return module.get_variable("lowrank", name) if module.has_variable("lowrank", name) else None
+
+
+class Linear(nn.Module):
+    """``y = x @ kernel (+ x @ a @ b.T) (+ bias)``; kernel [in, out] in ``param_dtype``, math in ``dtype``."""
+
+    features: int
+    use_bias: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        kernel = self.param("kernel", _INIT, (x.shape[-1], self.features), self.param_dtype)
+        y = x @ kernel.astype(self.dtype)
+        if (lr := _lowrank(self, "kernel")) is not None:
+            y = y + (x @ lr["a"].astype(self.dtype)) @ lr["b"].T.astype(self.dtype)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype).astype(self.dtype)
+        return y
+
+
+class Embed(nn.Module):
+    """Token embedding [V, D]; ``attend`` reuses it as the output head of tied models (one parameter)."""
+
+    num_embeddings: int
+    features: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def setup(self):
+        self.embedding = self.param("embedding", _INIT, (self.num_embeddings, self.features), self.param_dtype)
+
+    def __call__(self, tokens: Array) -> Array:
+        x = jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+        if (lr := _lowrank(self, "embedding")) is not None:
+            x = x + jnp.take(lr["a"], tokens, axis=0).astype(self.dtype) @ lr["b"].T.astype(self.dtype)
+        return x
+
+    def attend(self, h: Array) -> Array:
+        """Logits ``h @ embedding.T`` in float32."""
+        w = self.embedding.astype(self.dtype)
+        logits = jnp.einsum("...d,vd->...v", h, w, preferred_element_type=jnp.float32)
+        if (lr := _lowrank(self, "embedding")) is not None:
+            logits = logits + ((h @ lr["b"].astype(self.dtype)) @ lr["a"].T.astype(self.dtype)).astype(jnp.float32)
+        return logits
+
+
+class RMSNorm(nn.Module):
+    """HF order: normalise in float32, cast back to the input dtype, multiply by the weight."""
+
+    eps: float
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return scale.astype(self.dtype) * xf.astype(self.dtype)
+
+
+def rope_cos_sin(positions: Array, inv_freq: Array, dtype: Any) -> tuple[Array, Array]:
+    """cos/sin tables [B, T, Dh] (half-split layout) for int positions [B, T]; computed in float32."""
+    freqs = positions.astype(jnp.float32)[..., None] * inv_freq
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+    """Rotate x [B, T, H, Dh] with HF's ``rotate_half`` convention."""
+    half = x.shape[-1] // 2
+    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, cos, sin, kv_mask, cache, cache_index):
+        c, (b, t, _) = self.config, x.shape
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        q = Linear(c.num_attention_heads * c.head_dim, c.qkv_bias, name="q_proj", **kw)(x)
+        k = Linear(c.num_key_value_heads * c.head_dim, c.qkv_bias, name="k_proj", **kw)(x)
+        v = Linear(c.num_key_value_heads * c.head_dim, c.qkv_bias, name="v_proj", **kw)(x)
+        q = q.reshape(b, t, c.num_attention_heads, c.head_dim)
+        k = k.reshape(b, t, c.num_key_value_heads, c.head_dim)
+        v = v.reshape(b, t, c.num_key_value_heads, c.head_dim)
+        if c.qk_norm:
+            q = RMSNorm(c.rms_norm_eps, name="q_norm", **kw)(q)
+            k = RMSNorm(c.rms_norm_eps, name="k_norm", **kw)(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            index = (0, cache_index, 0, 0)
+            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), index)
+            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), index)
+            cache = {"k": k, "v": v}
+            k, v = k.astype(self.dtype), v.astype(self.dtype)
+        # Query t sits in cache slot cache_index + t and sees valid keys in slots <= its own.
+        q_slot = cache_index + jnp.arange(t)
+        allowed = (jnp.arange(k.shape[1])[None, :] <= q_slot[:, None])[None] & kv_mask[:, None, :].astype(bool)
+        q = q.reshape(b, t, c.num_key_value_heads, c.num_groups, c.head_dim)
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (c.head_dim**-0.5)
+        scores = jnp.where(allowed[:, None, None], scores, _MASK_VALUE)
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, c.num_attention_heads * c.head_dim)
+        return Linear(c.hidden_size, c.o_bias, name="o_proj", **kw)(out), cache
+
+
+class MLP(nn.Module):
+    config: ModelConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        gate = Linear(c.intermediate_size, c.mlp_bias, name="gate_proj", **kw)(x)
+        up = Linear(c.intermediate_size, c.mlp_bias, name="up_proj", **kw)(x)
+        return Linear(c.hidden_size, c.mlp_bias, name="down_proj", **kw)(jax.nn.silu(gate) * up)
+
+
+class Block(nn.Module):
+    config: ModelConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, cos, sin, kv_mask, cache, cache_index):
+        c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h, cache = Attention(c, name="self_attn", **kw)(
+            RMSNorm(c.rms_norm_eps, name="input_layernorm", **kw)(x), cos, sin, kv_mask, cache, cache_index)
+        x = x + h
+        x = x + MLP(c, name="mlp", **kw)(RMSNorm(c.rms_norm_eps, name="post_attention_layernorm", **kw)(x))
+        return x, cache
+
+
+class Decoder(nn.Module):
+    """Causal LM. ``__call__`` returns (hidden [B, T, D] after the final norm, new cache); ``logits`` is the head."""
+
+    config: ModelConfig
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def setup(self):
+        c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        self.embed_tokens = Embed(c.vocab_size, c.hidden_size, **kw)
+        self.layers = [Block(c, **kw) for _ in range(c.num_hidden_layers)]
+        self.norm = RMSNorm(c.rms_norm_eps, **kw)
+        if not c.tie_word_embeddings:
+            self.lm_head = Linear(c.vocab_size, False, **kw)
+
+    def __call__(self, tokens: Array, positions: Array, kv_mask: Array, cache: KVCache | None = None,
+                 cache_index: Array | int = 0) -> tuple[Array, KVCache | None]:
+        """tokens, positions: int32 [B, T]; kv_mask: [B, S] 0/1 validity of every key slot (S = T without cache,
+        the cache length with one); the T new tokens occupy slots ``cache_index .. cache_index + T - 1``."""
+        x = self.embed_tokens(tokens)
+        cos, sin = rope_cos_sin(positions, jnp.asarray(self.config.inv_freq()), self.dtype)
+        new_cache = []
+        for i, layer in enumerate(self.layers):
+            x, layer_cache = layer(x, cos, sin, kv_mask, None if cache is None else cache[i], cache_index)
+            new_cache.append(layer_cache)
+        return self.norm(x), (None if cache is None else tuple(new_cache))
+
+    def logits(self, hidden: Array) -> Array:
+        """float32 logits [..., V] from final hidden states [..., D]."""
+        if self.config.tie_word_embeddings:
+            return self.embed_tokens.attend(hidden)
+        return self.lm_head(hidden).astype(jnp.float32)
+
+    def logits_full(self, tokens: Array, positions: Array, kv_mask: Array) -> Array:
+        """Logits [B, T, V] without a cache (also what ``init`` traces, so every parameter is created)."""
+        return self.logits(self(tokens, positions, kv_mask)[0])
+
+
+def make_model(config: ModelConfig, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32) -> Decoder:
+    return Decoder(config, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(param_dtype))
+
+
+def positions_from_mask(attention_mask: Array) -> Array:
+    """Left-padded 0/1 mask [B, T] -> int32 positions [B, T] (pads get 0), as HF derives them."""
+    return jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0).astype(jnp.int32)
+
+
+def init_params(config: ModelConfig, key: Array, dtype: Any = jnp.float32) -> Params:
+    """Random parameters (normal 0.02, norms 1, biases 0) in ``dtype``."""
+    tokens = jnp.zeros((1, 1), jnp.int32)
+    model = make_model(config, param_dtype=dtype)
+    return model.init(key, tokens, tokens, jnp.ones((1, 1), jnp.int32), method=Decoder.logits_full)["params"]
+
+
+def param_shapes(config: ModelConfig, dtype: Any = jnp.float32) -> Params:
+    """The params pytree as ``jax.ShapeDtypeStruct`` leaves (no memory allocated)."""
+    return jax.eval_shape(lambda k: init_params(config, k, dtype), jax.random.key(0))
+
+
+def _apply(config, params, tokens, attention_mask, lowrank, compute_dtype, hidden_only):
+    model = make_model(config, dtype=compute_dtype or jax.tree.leaves(params)[0].dtype)
+    variables = {"params": params} | ({"lowrank": lowrank} if lowrank is not None else {})
+    hidden, _ = model.apply(variables, tokens, positions_from_mask(attention_mask), attention_mask)
+    return hidden if hidden_only else model.apply(variables, hidden, method=Decoder.logits)
+
+
+def forward(config: ModelConfig, params: Params, tokens: Array, attention_mask: Array, *, lowrank: Params | None = None,
+            compute_dtype: Any = None) -> Array:
+    """Logits float32 [B, T, V] for left-padded int32 ``tokens`` [B, T] and 0/1 ``attention_mask`` [B, T].
+
+    ``compute_dtype`` defaults to the params' dtype. Pure: jit it with ``config`` static (see :func:`forward_jit`).
+    """
+    return _apply(config, params, tokens, attention_mask, lowrank, compute_dtype, hidden_only=False)
+
+
+def hidden_states(config: ModelConfig, params: Params, tokens: Array, attention_mask: Array, *,
+                  lowrank: Params | None = None, compute_dtype: Any = None) -> Array:
+    """Final-norm hidden states [B, T, D] (feed chunks of them to :func:`logits_from_hidden`)."""
+    return _apply(config, params, tokens, attention_mask, lowrank, compute_dtype, hidden_only=True)
+
+
+def logits_from_hidden(config: ModelConfig, params: Params, hidden: Array, *, lowrank: Params | None = None) -> Array:
+    """The output head: float32 logits [..., V] from hidden [..., D] (tied or untied)."""
+    variables = {"params": params} | ({"lowrank": lowrank} if lowrank is not None else {})
+    return make_model(config, dtype=hidden.dtype).apply(variables, hidden, method=Decoder.logits)
+
+
+forward_jit = jax.jit(forward, static_argnames=("config", "compute_dtype"))

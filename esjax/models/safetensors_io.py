@@ -1,0 +1,86 @@
+"""Minimal safetensors reader/writer over numpy memmaps (bf16 via ml_dtypes), one tensor at a time.
+
+Reading maps the file lazily, so importing a checkpoint never holds a second full copy in host memory;
+writing streams tensor bytes after a precomputed header, so exported bytes equal the arrays' bytes exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import ml_dtypes
+import numpy as np
+
+DTYPES = {
+    "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
+}
+_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+class SafetensorsError(ValueError):
+    pass
+
+
+def read_header(path: Path) -> tuple[dict[str, Any], int]:
+    """(header dict without ``__metadata__``, byte offset where tensor data starts)."""
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise SafetensorsError(f"{path}: truncated safetensors file")
+        (n,) = struct.unpack("<Q", raw)
+        if n > 100_000_000:
+            raise SafetensorsError(f"{path}: implausible header size {n}")
+        try:
+            header = json.loads(f.read(n))
+        except json.JSONDecodeError as e:
+            raise SafetensorsError(f"{path}: corrupt header ({e})") from None
+    header.pop("__metadata__", None)
+    return header, 8 + n
+
+
+def iter_tensors(path: Path) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (name, read-only memmapped array) for every tensor of one file, in file order."""
+    header, start = read_header(path)
+    for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+        dtype = DTYPES.get(info["dtype"])
+        if dtype is None:
+            raise SafetensorsError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
+        lo, hi = info["data_offsets"]
+        shape = tuple(info["shape"])
+        if hi - lo != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+            raise SafetensorsError(f"{path}: tensor {name!r} byte range does not match its shape {shape}")
+        if hi == lo:
+            yield name, np.zeros(shape, dtype)
+        else:
+            yield name, np.memmap(path, dtype=dtype, mode="r", offset=start + lo, shape=shape)
+
+
+def dtype_name(dtype: Any) -> str:
+    return _NAMES[np.dtype(dtype)]
+
+
+def write_file(path: Path, tensors: Iterable[tuple[str, tuple[int, ...], np.dtype, Any]],
+               metadata: dict[str, str] | None = None) -> None:
+    """Write ``(name, shape, dtype, get_array)`` entries; ``get_array()`` is called once per tensor, in order."""
+    entries = list(tensors)
+    header: dict[str, Any] = {"__metadata__": metadata or {"format": "pt"}}
+    offset = 0
+    for name, shape, dtype, _ in entries:
+        size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        header[name] = {"dtype": dtype_name(dtype), "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for name, shape, dtype, get in entries:
+            arr = np.ascontiguousarray(get())
+            if arr.shape != tuple(shape) or arr.dtype != np.dtype(dtype):
+                raise SafetensorsError(f"tensor {name!r}: got {arr.dtype}{arr.shape}, expected {np.dtype(dtype)}{tuple(shape)}")
+            f.write(arr.tobytes())

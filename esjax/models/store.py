@@ -1,0 +1,104 @@
+"""esjax model checkpoints (orbax params + config JSON + tokenizer files), and one loader for any model path.
+
+Layout of an esjax model checkpoint directory::
+
+    esjax_model.json   {"format": 1, "config": ModelConfig.to_dict(), "dtype": "float32"}
+    params/            orbax StandardCheckpointer tree of the params pytree
+    tokenizer/         tokenizer files copied from the source HF directory (when it had any)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from esjax.models.config import ModelConfig, ModelConfigError
+from esjax.models.decoder import Params, param_shapes
+from esjax.models.hf import _replace_dir, copy_tokenizer_files, is_hf_dir, load_hf
+
+MODEL_FILE = "esjax_model.json"
+
+
+class LoadedModel(NamedTuple):
+    config: ModelConfig
+    params: Params
+    tokenizer_dir: Path | None  # where AutoTokenizer.from_pretrained finds the tokenizer, if anywhere
+    source_dir: Path | None  # the HF directory the weights came from (configs and tokenizer for export)
+
+
+def is_esjax_checkpoint(path: str | Path) -> bool:
+    return (Path(path) / MODEL_FILE).is_file()
+
+
+def save_model(path: str | Path, config: ModelConfig, params: Params, source_dir: str | Path | None = None,
+               *, overwrite: bool = False) -> Path:
+    """Save params (orbax) + config (+ tokenizer files from ``source_dir``); written aside, then renamed."""
+    path = Path(path).absolute()
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(f"{path} exists and is not empty (pass --overwrite to replace it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(tmp / "params", params)
+        checkpointer.wait_until_finished()
+        if source_dir is not None:
+            (tmp / "tokenizer").mkdir()
+            copied = copy_tokenizer_files(Path(source_dir), tmp / "tokenizer")
+            if (Path(source_dir) / "generation_config.json").is_file():
+                shutil.copy2(Path(source_dir) / "generation_config.json", tmp / "tokenizer")
+            if not copied:
+                shutil.rmtree(tmp / "tokenizer")
+        dtype = jax.tree.leaves(params)[0].dtype
+        (tmp / MODEL_FILE).write_text(json.dumps({"format": 1, "config": config.to_dict(), "dtype": str(dtype)}, indent=2))
+        _replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def read_model_config(path: str | Path) -> tuple[ModelConfig, str]:
+    meta = json.loads((Path(path) / MODEL_FILE).read_text())
+    if meta.get("format") != 1:
+        raise ModelConfigError(f"{path}/{MODEL_FILE}: unknown checkpoint format {meta.get('format')!r}")
+    return ModelConfig.from_dict(meta["config"]), meta["dtype"]
+
+
+def restore_params(directory: str | Path, config: ModelConfig, dtype: Any, sharding: Any = None) -> Params:
+    """Restore an orbax params tree, placed with ``sharding`` (a Sharding or a matching pytree) when given."""
+    shapes = param_shapes(config, dtype)
+    if sharding is not None:
+        shard_tree = sharding if not isinstance(sharding, jax.sharding.Sharding) else jax.tree.map(lambda _: sharding, shapes)
+        shapes = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shard_tree)
+    else:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)
+    return ocp.StandardCheckpointer().restore(Path(directory).absolute(), shapes)
+
+
+def load_model(path: str | Path, dtype: Any = None, sharding: Any = None) -> LoadedModel:
+    """Load an HF model directory or an esjax checkpoint. ``dtype`` None keeps the stored dtype."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    if is_esjax_checkpoint(path):
+        config, stored = read_model_config(path)
+        params = restore_params(path / "params", config, stored, sharding)
+        if dtype is not None and jnp.dtype(dtype) != jnp.dtype(stored):
+            params = jax.tree.map(lambda x: x.astype(dtype), params)
+        tok = path / "tokenizer"
+        return LoadedModel(config, params, tok if tok.is_dir() else None, tok if tok.is_dir() else None)
+    if is_hf_dir(path):
+        config, params = load_hf(path, dtype=dtype, sharding=sharding)
+        return LoadedModel(config, params, path, path)
+    raise ModelConfigError(f"{path}: not a model (expected an HF directory with config.json and *.safetensors, "
+                           f"or an esjax checkpoint with {MODEL_FILE})")

@@ -1,0 +1,61 @@
+"""Tiny random Hugging Face models built locally with transformers (tests, benchmarks, docs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TINY_FAMILIES = ("qwen2", "llama", "qwen3")
+
+
+def tiny_hf_config(family: str, vocab_size: int = 272, **overrides: Any):
+    """A small transformers config of each supported family, exercising that family's special features.
+
+    qwen2: q/k/v bias, tied embeddings; llama: GQA 4:1, llama3 RoPE scaling, untied head;
+    qwen3: q/k norm, explicit head_dim != hidden/heads, untied head.
+    """
+    import transformers
+
+    common = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, max_position_embeddings=512, bos_token_id=0, eos_token_id=0, pad_token_id=1)
+    if family == "qwen2":
+        cfg = transformers.Qwen2Config(**common, num_key_value_heads=2, tie_word_embeddings=True, rms_norm_eps=1e-6,
+                                       rope_theta=10000.0)
+    elif family == "llama":
+        rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64, "rope_theta": 500000.0}
+        cfg = transformers.LlamaConfig(**common, num_key_value_heads=1, tie_word_embeddings=False, rms_norm_eps=1e-5,
+                                       rope_parameters=rope)
+    elif family == "qwen3":
+        cfg = transformers.Qwen3Config(**common, num_key_value_heads=2, head_dim=32, tie_word_embeddings=False,
+                                       rms_norm_eps=1e-6, rope_theta=1000000.0)
+    else:
+        raise ValueError(f"unknown family {family!r} (known: {', '.join(TINY_FAMILIES)})")
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def make_tiny_hf_model(family: str, out_dir: str | Path, *, seed: int = 0, dtype: str = "float32",
+                       with_tokenizer: bool = True, **overrides: Any) -> Path:
+    """Save a random tiny transformers model (+ a byte-level tokenizer) to ``out_dir``; returns the path."""
+    import torch
+    import transformers
+
+    from esjax.tokenizer import build_byte_tokenizer
+
+    out_dir = Path(out_dir)
+    cfg = tiny_hf_config(family, **overrides)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(cfg)
+    with torch.no_grad():  # random norm weights so the test sees them
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+            elif name.endswith("bias"):
+                p.normal_(0.0, 0.1)
+    model = model.to(getattr(torch, dtype))
+    model.save_pretrained(str(out_dir))
+    if with_tokenizer:
+        build_byte_tokenizer(out_dir)
+    return out_dir

@@ -1,0 +1,28 @@
+"""Shared fixtures: tiny random HF models built locally with transformers (no downloads)."""
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory):
+    """{family: path} of tiny random fp32 HF models (qwen2, llama, qwen3) with a byte-level tokenizer."""
+    from esjax.testing import TINY_FAMILIES, make_tiny_hf_model
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    return {f: make_tiny_hf_model(f, root / f, seed=i) for i, f in enumerate(TINY_FAMILIES)}
+
+
+@pytest.fixture(scope="session")
+def qwen2_dir(tiny_model_dirs):
+    return tiny_model_dirs["qwen2"]

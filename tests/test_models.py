@@ -1,0 +1,212 @@
+"""Decoder parity with transformers' PyTorch models, config parsing, HF import/export round trips."""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from esjax import models
+from esjax.testing import TINY_FAMILIES, make_tiny_hf_model
+
+PROMPTS = [[5, 17, 42, 99, 3, 250, 7, 12, 64], [9, 8, 7], [200, 100, 50, 25, 12, 6], [33]]
+
+
+def left_padded(rows, pad=1):
+    length = max(map(len, rows))
+    tokens = np.full((len(rows), length), pad, np.int32)
+    mask = np.zeros((len(rows), length), np.int32)
+    for i, r in enumerate(rows):
+        tokens[i, length - len(r):] = r
+        mask[i, length - len(r):] = 1
+    return tokens, mask
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_logits_match_transformers(tiny_model_dirs, family):
+    path = tiny_model_dirs[family]
+    config, params = models.load_hf(path)
+    tokens, mask = left_padded(PROMPTS)
+    ours = np.asarray(models.forward_jit(config, params, jnp.asarray(tokens), jnp.asarray(mask)))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor(tokens, dtype=torch.long), attention_mask=torch.tensor(mask)).logits.numpy()
+    valid = mask.astype(bool)
+    assert ours.dtype == np.float32 and ours.shape == ref.shape
+    np.testing.assert_allclose(ours[valid], ref[valid], atol=1e-4, rtol=1e-4)
+
+
+def test_config_features(tiny_model_dirs):
+    qwen2 = models.load_config(tiny_model_dirs["qwen2"])
+    llama = models.load_config(tiny_model_dirs["llama"])
+    qwen3 = models.load_config(tiny_model_dirs["qwen3"])
+    assert qwen2.qkv_bias and not qwen2.o_bias and qwen2.tie_word_embeddings and not qwen2.qk_norm
+    assert llama.rope["rope_type"] == "llama3" and llama.num_groups == 4 and not llama.tie_word_embeddings
+    assert qwen3.qk_norm and qwen3.head_dim == 32 and qwen3.head_dim * qwen3.num_attention_heads != qwen3.hidden_size
+    assert qwen2.eos_token_ids == (0,)
+    # llama3 scaling changes low frequencies and keeps high ones, exactly as transformers computes them
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    hf_cfg = transformers.AutoConfig.from_pretrained(tiny_model_dirs["llama"])
+    ref, _ = ROPE_INIT_FUNCTIONS["llama3"](hf_cfg, "cpu")
+    # numpy's and torch's float32 pow may differ by one ulp; the scaling itself must agree
+    np.testing.assert_allclose(llama.inv_freq(), ref.numpy(), rtol=3e-7, atol=0)
+    unscaled = 1.0 / (500000.0 ** (np.arange(0, 16, 2) / 16))
+    assert not np.allclose(llama.inv_freq(), unscaled, rtol=1e-3)
+
+
+def test_old_and_new_rope_keys_agree():
+    base = dict(model_type="llama", vocab_size=10, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128)
+    scaling = {"factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    old = models.config_from_hf({**base, "rope_theta": 5e5, "rope_scaling": {"rope_type": "llama3", **scaling}})
+    new = models.config_from_hf({**base, "rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, **scaling}})
+    legacy_type = models.config_from_hf({**base, "rope_theta": 5e5, "rope_scaling": {"type": "llama3", **scaling}})
+    assert old == new == legacy_type
+    np.testing.assert_array_equal(old.inv_freq(), new.inv_freq())
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"model_type": "mistral"}, "model_type"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_type"),
+    ({"hidden_act": "gelu"}, "hidden_act"),
+    ({"num_key_value_heads": 3}, "num_key_value_heads"),
+    ({"vocab_size": "big"}, "vocab_size"),
+    ({"use_sliding_window": True}, "use_sliding_window"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "low_freq_factor"),
+])
+def test_unsupported_config_names_the_field(change, field):
+    base = dict(model_type="qwen2", vocab_size=10, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                num_attention_heads=2, num_key_value_heads=1)
+    with pytest.raises(models.ModelConfigError, match=field):
+        models.config_from_hf({**base, **change})
+
+
+def test_missing_required_field():
+    with pytest.raises(models.ModelConfigError, match="hidden_size"):
+        models.config_from_hf({"model_type": "llama", "vocab_size": 10})
+
+
+@pytest.mark.parametrize("family", TINY_FAMILIES)
+def test_export_reload_identical(tiny_model_dirs, tmp_path, family):
+    config, params = models.load_hf(tiny_model_dirs[family])
+    out = models.save_hf(config, params, tmp_path / "export", source_dir=tiny_model_dirs[family])
+    names = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json"} <= names
+    a = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dirs[family], dtype=torch.float32).state_dict()
+    b = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    from safetensors import safe_open
+    with safe_open(out / "model.safetensors", "pt") as f:
+        assert f.metadata() == {"format": "pt"}
+        assert ("lm_head.weight" in f.keys()) == (not config.tie_word_embeddings)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_import_export_bytes_exact(tmp_path, dtype):
+    src = make_tiny_hf_model("qwen3", tmp_path / "src", seed=3, dtype=dtype, with_tokenizer=False)
+    config, params = models.load_hf(src, dtype=None)
+    assert str(params["layers_0"]["self_attn"]["q_proj"]["kernel"].dtype) == dtype
+    out = models.save_hf(config, params, tmp_path / "out", source_dir=src)
+    from esjax.models.safetensors_io import iter_tensors
+    original = dict(iter_tensors(src / "model.safetensors"))
+    exported = dict(iter_tensors(out / "model.safetensors"))
+    assert original.keys() == exported.keys()
+    for k in original:
+        assert original[k].dtype == exported[k].dtype and original[k].tobytes() == exported[k].tobytes(), k
+    config2, params2 = models.load_hf(out, dtype=None)
+    assert config2 == config
+    for a, b in zip(*(jax_leaves(p) for p in (params, params2))):
+        assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def jax_leaves(tree):
+    import jax
+    return jax.tree.leaves(tree)
+
+
+def test_sharded_export_and_import(tiny_model_dirs, tmp_path):
+    config, params = models.load_hf(tiny_model_dirs["llama"])
+    out = models.save_hf(config, params, tmp_path / "sharded", max_shard_size="40KB")
+    shards = sorted(out.glob("model-*.safetensors"))
+    assert len(shards) > 2 and (out / "model.safetensors.index.json").is_file()
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == {s.name for s in shards}
+    _, params2 = models.load_hf(out)
+    for a, b in zip(jax_leaves(params), jax_leaves(params2)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    assert hf.config.num_hidden_layers == config.num_hidden_layers
+
+
+def test_export_refuses_non_empty_target(tiny_model_dirs, tmp_path):
+    config, params = models.load_hf(tiny_model_dirs["qwen2"])
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "keep.txt").write_text("precious")
+    with pytest.raises(FileExistsError):
+        models.save_hf(config, params, target)
+    assert (target / "keep.txt").read_text() == "precious"
+    models.save_hf(config, params, target, overwrite=True)
+    assert not (target / "keep.txt").exists() and (target / "model.safetensors").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_failed_export_leaves_nothing(tiny_model_dirs, tmp_path, monkeypatch):
+    config, params = models.load_hf(tiny_model_dirs["qwen2"])
+    broken = dict(params, norm={"scale": jnp.zeros((3,))})
+    with pytest.raises(models.CheckpointError, match=r"norm/scale.*\(3,\).*\(64,\)"):
+        models.save_hf(config, broken, tmp_path / "out")
+    from esjax.models import hf
+
+    def fail_midway(path, entries, metadata=None):
+        path.write_bytes(b"partial")
+        raise OSError("disk full")
+    monkeypatch.setattr(hf, "write_file", fail_midway)
+    with pytest.raises(OSError, match="disk full"):
+        models.save_hf(config, params, tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_import_errors(tiny_model_dirs, tmp_path):
+    from esjax.models.safetensors_io import iter_tensors, write_file
+    src = tiny_model_dirs["qwen2"]
+    tensors = dict(iter_tensors(src / "model.safetensors"))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text((src / "config.json").read_text())
+
+    def save(ts):
+        write_file(bad / "model.safetensors", [(k, v.shape, v.dtype, lambda v=v: np.asarray(v)) for k, v in ts.items()])
+
+    wrong = dict(tensors)
+    wrong["model.norm.weight"] = np.ones((7,), np.float32)
+    save(wrong)
+    with pytest.raises(models.CheckpointError, match=r"model.norm.weight.*\(7,\).*\(64,\)"):
+        models.load_hf(bad)
+    missing = {k: v for k, v in tensors.items() if k != "model.layers.1.mlp.up_proj.weight"}
+    save(missing)
+    with pytest.raises(models.CheckpointError, match="model.layers.1.mlp.up_proj.weight"):
+        models.load_hf(bad)
+    save({**tensors, "model.extra.weight": np.ones((2,), np.float32)})
+    with pytest.warns(UserWarning, match="model.extra.weight"):
+        models.load_hf(bad)
+
+
+def test_esjax_checkpoint_round_trip(tiny_model_dirs, tmp_path):
+    import jax
+    config, params = models.load_hf(tiny_model_dirs["qwen3"], dtype="bfloat16")
+    path = models.save_model(tmp_path / "ckpt", config, params, source_dir=tiny_model_dirs["qwen3"])
+    loaded = models.load_model(path)
+    assert loaded.config == config and loaded.tokenizer_dir is not None
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded.params)):
+        assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("model",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    placed = models.load_model(path, sharding=sharding).params
+    assert jax.tree.leaves(placed)[0].sharding == sharding
+    with pytest.raises(models.ModelConfigError, match="not a model"):
+        models.load_model(tmp_path)
