@@ -48,3 +48,15 @@ def build_byte_tokenizer(out_dir: str | Path | None = None, special: Sequence[st
     if out_dir is not None:
         tok.save_pretrained(str(out_dir))
     return tok
+
+
+def load_tokenizer(path: str | Path):
+    """``AutoTokenizer`` from a directory, set up for left-padded batched generation."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not ((path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file()):
+        raise FileNotFoundError(f"{path}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
+    tok = AutoTokenizer.from_pretrained(str(path))
+    tok.padding_side = "left"
+    return tok

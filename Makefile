@@ -1,0 +1,35 @@
+# The two set-up commands of the README. Each creates its own virtual environment on first use.
+#   make demo   ES fine-tuning of the embedded tiny model on Countdown (CPU, minutes)
+#   make test   the test suite (installs the test extra: pytest, hypothesis, CPU torch for parity checks)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU torch for the parity tests; override e.g. TORCH_SPEC='torch --index-url https://download.pytorch.org/whl/cpu'
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: demo test install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.base: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.test: pyproject.toml $(VENV)/.base
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.base
+
+demo: $(VENV)/.base
+	$(BIN)/esjax demo
+
+test: $(VENV)/.test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

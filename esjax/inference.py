@@ -1,0 +1,53 @@
+"""Text in, text out: tokenise prompts (optionally with the chat template), generate, decode."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from esjax.models.config import ModelConfig
+from esjax.models.decoder import Params
+from esjax.sampling import GenerateOutput, SamplingConfig, completion_ids, generate_jit, pad_prompts
+
+
+def eos_ids(config: ModelConfig, tokenizer: Any) -> tuple[int, ...]:
+    """EOS ids from generation_config.json, else the tokenizer's EOS token."""
+    if config.eos_token_ids:
+        return config.eos_token_ids
+    return (tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None else ()
+
+
+def pad_id(config: ModelConfig, tokenizer: Any) -> int:
+    for candidate in (tokenizer.pad_token_id, config.pad_token_id, *eos_ids(config, tokenizer)):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
+def sampling_for(config: ModelConfig, tokenizer: Any, **settings: Any) -> SamplingConfig:
+    """A :class:`SamplingConfig` with the model's EOS and pad ids filled in."""
+    return SamplingConfig(eos_token_ids=eos_ids(config, tokenizer), pad_token_id=pad_id(config, tokenizer), **settings)
+
+
+def render(tokenizer: Any, prompt: str | Sequence[dict[str, str]]) -> str:
+    """A raw text prompt as is; a chat conversation through the tokenizer's chat template."""
+    if isinstance(prompt, str):
+        return prompt
+    return tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
+
+
+def encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def generate_texts(config: ModelConfig, params: Params, tokenizer: Any, prompts: Sequence[Any],
+                   sampling: SamplingConfig, key: jax.Array | None = None) -> tuple[list[str], GenerateOutput]:
+    """Generate for text or chat prompts; returns (completions without special tokens, raw output)."""
+    ids = encode(tokenizer, [render(tokenizer, p) for p in prompts])
+    tokens, mask = pad_prompts(ids, sampling.pad_token_id)
+    key = jax.random.key(0) if key is None else key
+    out = generate_jit(config, params, jnp.asarray(tokens), jnp.asarray(mask), key, sampling)
+    texts = tokenizer.batch_decode(completion_ids(out), skip_special_tokens=True)
+    return texts, out

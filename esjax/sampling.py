@@ -1,0 +1,153 @@
+"""Batched generation with a KV cache: one jitted prefill + ``lax.while_loop`` decode, no Python loop over tokens.
+
+Prompts are left-padded to a bucketed length (powers of two) so new batches reuse compiled code; positions come
+from the attention mask; the cache is written at one shared slot per step; rows stop on any EOS id and the loop
+exits when every row is done. Per-token log-probs (float32, logits / temperature) come back for GRPO.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from esjax.models.config import ModelConfig
+from esjax.models.decoder import Decoder, Params, make_model, positions_from_mask
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How to decode. ``temperature == 0`` is greedy; ``top_k == 0`` and ``top_p == 1`` disable those filters."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int = 0
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError(f"invalid sampling settings: temperature={self.temperature}, top_p={self.top_p}, "
+                             f"top_k={self.top_k}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+class GenerateOutput(NamedTuple):
+    tokens: Array  # int32 [B, max_new_tokens], pad_token_id after a row's end
+    logps: Array  # float32 [B, max_new_tokens], log p(token) under logits / temperature; 0 after the end
+    lengths: Array  # int32 [B], generated tokens including the first EOS
+    finished: Array  # bool [B], True where the row emitted an EOS id (False: hit max_new_tokens)
+
+
+def filter_logits(logits: Array, top_k: int, top_p: float) -> Array:
+    """Mask float32 logits [B, V] outside the top-k / nucleus top-p set with -inf (at least one token kept)."""
+    if top_k:
+        kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly above each sorted token
+        cutoff = jnp.min(jnp.where(before < top_p, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return logits
+
+
+def _next_token(logits: Array, key: Array, s: SamplingConfig) -> tuple[Array, Array]:
+    """(token int32 [B], its log-prob float32 [B]) from float32 logits [B, V]."""
+    scaled = logits / (s.temperature if not s.greedy else 1.0)
+    if s.greedy:
+        token = jnp.argmax(logits, axis=-1)
+    else:
+        token = jax.random.categorical(key, filter_logits(scaled, s.top_k, s.top_p), axis=-1)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), token[:, None], axis=-1)[:, 0]
+    return token.astype(jnp.int32), logp
+
+
+def init_cache(config: ModelConfig, batch: int, length: int, dtype: Any) -> tuple[dict[str, Array], ...]:
+    shape = (batch, length, config.num_key_value_heads, config.head_dim)
+    return tuple({"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(config.num_hidden_layers))
+
+
+def generate(config: ModelConfig, params: Params, prompt_tokens: Array, prompt_mask: Array, key: Array,
+             sampling: SamplingConfig, *, lowrank: Params | None = None, compute_dtype: Any = None) -> GenerateOutput:
+    """Decode up to ``sampling.max_new_tokens`` tokens after left-padded int32 prompts [B, P] with 0/1 mask [B, P].
+
+    Pure; jit with ``config`` and ``sampling`` static (:data:`generate_jit`). ``lowrank`` is an optional
+    per-matrix ``{"a", "b"}`` perturbation (see :mod:`esjax.models.decoder`); vmap over it to run a population.
+    """
+    dtype = jnp.dtype(compute_dtype or jax.tree.leaves(params)[0].dtype)
+    model = make_model(config, dtype=dtype)
+    variables = {"params": params} | ({"lowrank": lowrank} if lowrank is not None else {})
+    batch, prompt_len = prompt_tokens.shape
+    steps = sampling.max_new_tokens
+    eos = jnp.asarray(sampling.eos_token_ids or (-1,), jnp.int32)
+    kv_mask = jnp.concatenate([prompt_mask.astype(jnp.int32), jnp.zeros((batch, steps), jnp.int32)], axis=1)
+    hidden, cache = model.apply(variables, prompt_tokens, positions_from_mask(prompt_mask), kv_mask,
+                                init_cache(config, batch, prompt_len + steps, dtype), 0)
+    logits = model.apply(variables, hidden[:, -1], method=Decoder.logits)
+    next_pos = jnp.sum(prompt_mask, axis=1).astype(jnp.int32)
+
+    def cond(state):
+        i, done = state[0], state[5]
+        return (i < steps) & ~jnp.all(done)
+
+    def body(state):
+        i, cache, kv_mask, logits, out, done, lengths = state
+        token, logp = _next_token(logits, jax.random.fold_in(key, i), sampling)
+        token = jnp.where(done, sampling.pad_token_id, token)
+        logp = jnp.where(done, 0.0, logp)
+        out = (out[0].at[:, i].set(token), out[1].at[:, i].set(logp))
+        lengths = lengths + (~done).astype(jnp.int32)
+        done = done | jnp.isin(token, eos)
+        slot = prompt_len + i
+        kv_mask = kv_mask.at[:, slot].set(1)
+        hidden, cache = model.apply(variables, token[:, None], (next_pos + i)[:, None], kv_mask, cache, slot)
+        logits = model.apply(variables, hidden[:, 0], method=Decoder.logits)
+        return i + 1, cache, kv_mask, logits, out, done, lengths
+
+    out = (jnp.full((batch, steps), sampling.pad_token_id, jnp.int32), jnp.zeros((batch, steps), jnp.float32))
+    init = (jnp.int32(0), cache, kv_mask, logits, out, jnp.zeros((batch,), bool), jnp.zeros((batch,), jnp.int32))
+    _, _, _, _, (tokens, logps), done, lengths = jax.lax.while_loop(cond, body, init)
+    return GenerateOutput(tokens, logps, lengths, done)
+
+
+generate_jit = jax.jit(generate, static_argnames=("config", "sampling", "compute_dtype"))
+
+
+def bucket_length(n: int, minimum: int = 16) -> int:
+    """Smallest power of two >= max(n, minimum): prompt lengths in one bucket share a compiled program."""
+    return max(minimum, 1 << max(0, int(n) - 1).bit_length())
+
+
+def pad_prompts(token_lists: Sequence[Sequence[int]], pad_token_id: int, length: int | None = None,
+                minimum: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pad id lists to ``length`` (default: the bucketed longest) -> (tokens int32 [B, P], mask int32 [B, P])."""
+    longest = max(map(len, token_lists))
+    length = length or bucket_length(longest, minimum)
+    if longest > length:
+        raise ValueError(f"prompt of {longest} tokens does not fit the length {length}")
+    tokens = np.full((len(token_lists), length), pad_token_id, np.int32)
+    mask = np.zeros((len(token_lists), length), np.int32)
+    for row, ids in enumerate(token_lists):
+        if len(ids):
+            tokens[row, length - len(ids):] = ids
+            mask[row, length - len(ids):] = 1
+    return tokens, mask
+
+
+def completion_ids(output: GenerateOutput) -> list[list[int]]:
+    """Host lists of each row's generated ids (including its EOS, excluding padding)."""
+    tokens, lengths = np.asarray(output.tokens), np.asarray(output.lengths)
+    return [tokens[i, : lengths[i]].tolist() for i in range(tokens.shape[0])]

@@ -1,0 +1,71 @@
+"""CLI: convert / export / generate, and one-line errors with exit code 2."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from esjax import models
+from esjax.cli import main
+
+
+def test_convert_export_generate(qwen2_dir, tmp_path, capsys):
+    ckpt = tmp_path / "ckpt"
+    assert main(["convert", "--from-hf", str(qwen2_dir), "--out", str(ckpt)]) == 0
+    assert models.is_esjax_checkpoint(ckpt)
+    assert main(["export", str(ckpt), "--to-hf", str(tmp_path / "hf"), "--dtype", "bfloat16"]) == 0
+    config, params = models.load_hf(tmp_path / "hf", dtype=None)
+    assert str(params["norm"]["scale"].dtype) == "bfloat16"
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["model_type"] == "qwen2"
+    capsys.readouterr()
+    assert main(["generate", "--model", str(ckpt), "--prompt", "Numbers: 3 4\n", "--max-new-tokens", "5"]) == 0
+    from_ckpt = capsys.readouterr().out
+    assert main(["generate", "--model", str(qwen2_dir), "--prompt", "Numbers: 3 4\n", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out == from_ckpt and from_ckpt
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "esjax.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_missing_path_is_one_line_exit_2(tmp_path):
+    result = run_cli("generate", "--model", str(tmp_path / "nope"), "--prompt", "x")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "nope" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("setup, needle", [
+    ("empty_dir", "not a model"),
+    ("unsupported_arch", "model_type"),
+    ("corrupt_config", "not valid JSON"),
+])
+def test_bad_models(qwen2_dir, tmp_path, capsys, setup, needle):
+    target = tmp_path / "m"
+    target.mkdir()
+    if setup != "empty_dir":
+        shutil.copy(qwen2_dir / "model.safetensors", target)
+        cfg = json.loads((qwen2_dir / "config.json").read_text())
+        cfg["model_type"] = "gpt2"
+        (target / "config.json").write_text(json.dumps(cfg) if setup == "unsupported_arch" else "{oops")
+    for argv in (["generate", "--model", str(target), "--prompt", "x"],
+                 ["export", str(target), "--to-hf", str(tmp_path / "o")],
+                 ["convert", "--from-hf", str(target), "--out", str(tmp_path / "c")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert needle in err and err.count("\n") == 1, err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "c").exists()
+
+
+def test_export_refuses_existing_target(qwen2_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "x").write_text("keep")
+    assert main(["export", str(qwen2_dir), "--to-hf", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and (out / "x").read_text() == "keep"
+    assert main(["export", str(qwen2_dir), "--to-hf", str(out), "--overwrite"]) == 0
+    _, a = models.load_hf(qwen2_dir)
+    _, b = models.load_hf(out)
+    np.testing.assert_array_equal(a["embed_tokens"]["embedding"], b["embed_tokens"]["embedding"])

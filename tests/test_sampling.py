@@ -1,0 +1,113 @@
+"""Generation: token-identical to transformers' greedy generate, EOS handling, sampling filters, log-probs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from esjax import models
+from esjax.sampling import (SamplingConfig, bucket_length, completion_ids, filter_logits, generate_jit, pad_prompts)
+
+PROMPTS = [[5, 17, 42, 99, 3, 250, 7, 12, 64], [9, 8, 7], [200, 100, 50, 25, 12, 6], [33, 34]]
+
+
+def hf_greedy(path, prompts, max_new, eos):
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tokens, mask = pad_prompts(prompts, pad_token_id=1, length=max(map(len, prompts)))
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.tensor(tokens, dtype=torch.long), attention_mask=torch.tensor(mask),
+                             do_sample=False, max_new_tokens=max_new, eos_token_id=eos, pad_token_id=1,
+                             min_new_tokens=0)
+    gen = out[:, tokens.shape[1]:].numpy()
+    rows = []
+    for r in gen:
+        r = r.tolist()
+        rows.append(r[: r.index(eos) + 1] if eos in r else r)
+    return rows
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama", "qwen3"])
+@pytest.mark.parametrize("padded", [True, False])
+def test_greedy_matches_transformers(tiny_model_dirs, family, padded):
+    path = tiny_model_dirs[family]
+    config, params = models.load_hf(path)
+    prompts = PROMPTS if padded else [PROMPTS[0], PROMPTS[0][::-1]]
+    tokens, mask = pad_prompts(prompts, pad_token_id=1, minimum=1 if not padded else 16)
+    sampling = SamplingConfig(max_new_tokens=32, eos_token_ids=(), pad_token_id=1)
+    out = generate_jit(config, params, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(0), sampling)
+    ours = completion_ids(out)
+    assert all(len(r) == 32 for r in ours) and not np.asarray(out.finished).any()
+    unused = next(i for i in range(config.vocab_size) if i not in set(sum(ours, [])))
+    assert ours == hf_greedy(path, prompts, 32, eos=unused)
+    # a token row 0 emits mid-way becomes the EOS: every row must stop at its first occurrence, as in transformers
+    eos = ours[0][10]
+    sampling_eos = SamplingConfig(max_new_tokens=32, eos_token_ids=(eos,), pad_token_id=1)
+    out_eos = generate_jit(config, params, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(0), sampling_eos)
+    assert completion_ids(out_eos) == hf_greedy(path, prompts, 32, eos=eos)
+    first = ours[0].index(eos) + 1
+    assert int(out_eos.lengths[0]) == first and bool(out_eos.finished[0])
+    assert (np.asarray(out_eos.tokens)[0, first:] == 1).all() and (np.asarray(out_eos.logps)[0, first:] == 0).all()
+
+
+def test_logps_are_greedy_log_softmax(tiny_model_dirs):
+    config, params = models.load_hf(tiny_model_dirs["qwen2"])
+    tokens, mask = pad_prompts(PROMPTS, pad_token_id=1)
+    out = generate_jit(config, params, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(0),
+                       SamplingConfig(max_new_tokens=6, pad_token_id=1))
+    full_tokens = np.concatenate([tokens, np.asarray(out.tokens)], axis=1)
+    full_mask = np.concatenate([mask, np.ones_like(np.asarray(out.tokens))], axis=1)
+    logits = models.forward_jit(config, params, jnp.asarray(full_tokens), jnp.asarray(full_mask))
+    logp = jax.nn.log_softmax(logits[:, tokens.shape[1] - 1:-1], axis=-1)
+    expected = np.take_along_axis(np.asarray(logp), np.asarray(out.tokens)[..., None], axis=-1)[..., 0]
+    np.testing.assert_allclose(np.asarray(out.logps), expected, atol=1e-5)
+
+
+def test_sampling_is_keyed_and_top_k_one_is_greedy(tiny_model_dirs):
+    config, params = models.load_hf(tiny_model_dirs["llama"])
+    tokens, mask = jnp.asarray(pad_prompts(PROMPTS, 1)[0]), jnp.asarray(pad_prompts(PROMPTS, 1)[1])
+    greedy = generate_jit(config, params, tokens, mask, jax.random.key(0), SamplingConfig(max_new_tokens=12))
+    top1 = generate_jit(config, params, tokens, mask, jax.random.key(5),
+                        SamplingConfig(max_new_tokens=12, temperature=0.7, top_k=1))
+    np.testing.assert_array_equal(greedy.tokens, top1.tokens)
+    hot = SamplingConfig(max_new_tokens=12, temperature=1.5, top_p=0.95)
+    a = generate_jit(config, params, tokens, mask, jax.random.key(1), hot)
+    b = generate_jit(config, params, tokens, mask, jax.random.key(1), hot)
+    c = generate_jit(config, params, tokens, mask, jax.random.key(2), hot)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    assert not np.array_equal(np.asarray(a.tokens), np.asarray(c.tokens))
+
+
+def test_filter_logits():
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+    assert np.isfinite(np.asarray(filter_logits(logits, 2, 1.0))).tolist() == [[True, True, False, False]]
+    assert np.isfinite(np.asarray(filter_logits(logits, 0, 0.7))).tolist() == [[True, True, False, False]]
+    assert np.isfinite(np.asarray(filter_logits(logits, 0, 0.8))).tolist() == [[True, True, False, False]]
+    assert np.isfinite(np.asarray(filter_logits(logits, 0, 0.81))).tolist() == [[True, True, True, False]]
+    assert np.isfinite(np.asarray(filter_logits(logits, 0, 0.1))).tolist() == [[True, False, False, False]]
+
+
+def test_bucketing_reuses_compiled_program(tiny_model_dirs):
+    config, params = models.load_hf(tiny_model_dirs["qwen2"])
+    sampling = SamplingConfig(max_new_tokens=4, pad_token_id=1)
+    fn = jax.jit(lambda p, t, m: generate_jit(config, p, t, m, jax.random.key(0), sampling).tokens)
+    for prompts in ([[3, 4, 5]], [[3, 4, 5, 6, 7, 8, 9]], [[1] * 16]):
+        tokens, mask = pad_prompts(prompts, 1)
+        assert tokens.shape == (1, 16)
+        fn(params, tokens, mask)
+    assert fn._cache_size() == 1
+    assert bucket_length(17) == 32 and bucket_length(3) == 16 and bucket_length(64) == 64
+    with pytest.raises(ValueError):
+        pad_prompts([[1] * 20], 1, length=16)
+
+
+def test_early_exit_when_all_rows_done(tiny_model_dirs):
+    config, params = models.load_hf(tiny_model_dirs["qwen2"])
+    tokens, mask = pad_prompts(PROMPTS, 1)
+    first = generate_jit(config, params, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(0),
+                         SamplingConfig(max_new_tokens=1, pad_token_id=1))
+    eos = tuple(int(t) for t in np.asarray(first.tokens)[:, 0])
+    out = generate_jit(config, params, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(0),
+                       SamplingConfig(max_new_tokens=50, eos_token_ids=eos, pad_token_id=1))
+    assert np.asarray(out.lengths).tolist() == [1] * len(PROMPTS) and np.asarray(out.finished).all()
