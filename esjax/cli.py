@@ -65,6 +65,23 @@ def cmd_generate(args: argparse.Namespace) -> None:
         print(text)
 
 
+def cmd_demo(args: argparse.Namespace) -> None:
+    """Placeholder until the embedded model lands: generate with a random tiny model on a Countdown prompt."""
+    import jax
+
+    from esjax.inference import generate_texts, sampling_for
+    from esjax.models import config_from_hf, init_params
+    from esjax.tokenizer import build_byte_tokenizer
+    config = config_from_hf(dict(model_type="qwen2", vocab_size=264, hidden_size=64, intermediate_size=128,
+                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                 tie_word_embeddings=True, eos_token_id=0, pad_token_id=1))
+    tokenizer = build_byte_tokenizer()
+    params = init_params(config, jax.random.key(0))
+    texts, _ = generate_texts(config, params, tokenizer, ["Numbers: 3 7 2\nTarget: 17\n<think>"],
+                              sampling_for(config, tokenizer, max_new_tokens=16))
+    print(f"random tiny model says: {texts[0]!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="esjax", description="ES and GRPO fine-tuning of LLMs in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -97,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=dtypes, default=None)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("demo", help="the README's main job")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
