@@ -1,0 +1,249 @@
+"""Countdown: combine the given numbers with + - * / to reach a target, each number used exactly once.
+
+Two formats:
+
+- ``countdown`` (Qiu et al., the ES paper): raw-text prompt (the row's ``context``, ending with ``<think>``);
+  ``reward = 0.1 * format + answer`` on ``"<think>" + completion`` as the paper's reference code defines it:
+
+  * format = 1.0 if the text matches ``^<think>.*?</think>\\n<answer>.*?</answer>$`` (DOTALL; ``$`` also
+    matches before one final newline), else 0.1 if it holds a ``<think>...</think>`` block plus 0.5 if it holds
+    an ``<answer>...</answer>`` block;
+  * answer = 1.0 if the LAST ``<answer>...</answer>`` block (``re.findall`` semantics) holds only digits,
+    ``+ - * / ( )`` and spaces (one trailing newline allowed, as the reference's ``$`` allowed it), uses exactly
+    the given numbers once each, and evaluates (``safe_eval``, never ``eval``) to the target within 1e-5.
+
+  Targets are parsed as numbers. ``paper_compat=True`` reproduces the reference, whose caller kept a target
+  only when ``target.isdigit()``, so the 58 non-integer or negative test targets could never score.
+  Deliberate differences from the reference's ``eval``: ``**`` and ``//`` are rejected, and answers longer
+  than 256 characters score 0. All scans are ``str.find``-based: linear time, no regex backtracking.
+  (The reference's training script scored the decoded prompt + completion, so the prompt's own
+  "<think> </think>" and "<answer> </answer>" gave every completion format >= 0.6; esjax scores the completion.)
+
+- ``countdown_boxed`` (Hoy et al.): chat prompt "Numbers: [..]\\nTarget: T" asking for the expression in
+  ``\\boxed{}``; binary reward on the last ``\\boxed{}``; truncated completions score 0.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from esjax.tasks.arithmetic import MAX_LENGTH, number_literals, safe_eval
+from esjax.tasks.base import Example, Messages, TaskDataError, register
+from esjax.tasks.boxed import last_boxed
+from esjax.tasks.io import FileTask, data_path
+
+PAPER_PROMPT = (
+    "You are a helpful assistant. You first think about the reasoning process in your mind and then provide the "
+    "user with the answer.Using the numbers {numbers}, create an equation that equals {target}. You can use basic "
+    "arithmetic operations (+, -, *, /) and each number can only be used once. Show your work in <think> </think> "
+    "tags. And return the final answer in <answer> </answer> tags, for example <answer> (1 + 2) / 3 </answer>.Let "
+    "me solve this step by step.\n<think>"
+)
+PAPER_FILE = "countdown_paper.json"
+_ALLOWED = frozenset("0123456789+-*/() ")
+_OPEN, _CLOSE = "<answer>", "</answer>"
+
+
+def format_numbers(numbers: Sequence[int]) -> str:
+    """Numbers as the paper's prompts print them (numpy style, right-aligned): ``[ 4 50 92 11]``."""
+    width = max((len(str(n)) for n in numbers), default=0)
+    return "[" + " ".join(str(n).rjust(width) for n in numbers) + "]"
+
+
+def paper_prompt(numbers: Sequence[int], target: Any) -> str:
+    """The paper's prompt text for a problem (identical to every ``context`` of the paper's file)."""
+    return PAPER_PROMPT.format(numbers=format_numbers(numbers), target=target)
+
+
+def format_score(completion: str, end_token: str | None = None) -> float:
+    """The paper's format reward of ``"<think>" + completion`` (1.0, or 0.1 * think + 0.5 * answer)."""
+    text = "<think>" + completion
+    if end_token and text.endswith(end_token):
+        text = text[:-len(end_token)]
+    k = text.find("</think>\n<answer>", 7)
+    if k >= 0:
+        body = k + 17
+        n = len(text)
+        if (text.endswith(_CLOSE) and n - 9 >= body) or (text.endswith(_CLOSE + "\n") and n - 10 >= body):
+            return 1.0
+    reward = 0.0
+    if text.find("</think>", 7) >= 0:
+        reward += 0.1
+    o = text.find(_OPEN)
+    if o >= 0 and text.find(_CLOSE, o + 8) >= 0:
+        reward += 0.5
+    return reward
+
+
+def last_answer_block(text: str) -> str | None:
+    """Content of the last ``<answer>...</answer>``, exactly ``re.findall(r"<answer>(.*?)</answer>", DOTALL)[-1]``.
+
+    The last findall match is the one that covers the last opening tag before the last closing tag; it starts
+    at the first opening tag after the closing tag that precedes that opening tag.
+    """
+    last_close = text.rfind(_CLOSE)
+    if last_close < 0:
+        return None
+    last_open = text.rfind(_OPEN, 0, last_close)
+    if last_open < 0:
+        return None
+    prev_close = text.rfind(_CLOSE, 0, last_open)
+    start = text.find(_OPEN, prev_close + 9 if prev_close >= 0 else 0) + 8
+    return text[start:text.find(_CLOSE, start)]
+
+
+def target_value(target: Any, paper_compat: bool = False) -> float | None:
+    """A target as a float; ``paper_compat``: only digit-only targets (the reference's ``str.isdigit`` rule)."""
+    if paper_compat:
+        s = str(target)
+        return float(int(s)) if s.isascii() and s.isdigit() and len(s) < 20 else None
+    if isinstance(target, bool):
+        return None
+    if isinstance(target, (int, float)):
+        value = float(target)
+    elif isinstance(target, str) and len(target) < 64:
+        try:
+            value = float(target)
+        except ValueError:
+            return None
+    else:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def expression_matches(expression: str, numbers: Sequence[int], target: float | None) -> bool:
+    """``expression`` uses exactly ``numbers`` once each and evaluates to ``target`` within 1e-5."""
+    if target is None:
+        return False
+    literals = number_literals(expression)
+    if literals is None or sorted(literals) != sorted(numbers):
+        return False
+    value = safe_eval(expression)
+    return value is not None and abs(value - target) < 1e-5
+
+
+def answer_score(completion: str, numbers: Sequence[int], target: Any, paper_compat: bool = False) -> float:
+    """The paper's answer reward: 1.0 if the last <answer> block is a correct expression, else 0.0."""
+    content = last_answer_block(completion)
+    if not content or len(content) > MAX_LENGTH:
+        return 0.0
+    body = content[:-1] if content.endswith("\n") else content
+    if not body or not _ALLOWED.issuperset(body):
+        return 0.0
+    return 1.0 if expression_matches(body, numbers, target_value(target, paper_compat)) else 0.0
+
+
+def countdown_reward(completion: str, numbers: Sequence[int], target: Any, *, paper_compat: bool = False,
+                     end_token: str | None = None) -> tuple[float, dict[str, float]]:
+    """``(0.1 * format + answer, {"format": ..., "answer": ...})``, the paper's reward."""
+    fmt = format_score(completion, end_token)
+    ans = answer_score(completion, numbers, target, paper_compat)
+    return 0.1 * fmt + ans, {"format": fmt, "answer": ans}
+
+
+def validate_countdown_row(row: dict[str, Any]) -> dict[str, Any]:
+    """Check a Countdown record; ``nums`` (the Hugging Face Countdown layout) is accepted for ``numbers``."""
+    if "numbers" not in row and "nums" in row:
+        row = {**row, "numbers": row["nums"]}
+    numbers = row.get("numbers")
+    if (not isinstance(numbers, list) or not numbers
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers)):
+        raise ValueError(f"field 'numbers' must be a non-empty list of non-negative integers, got {numbers!r:.60}")
+    if target_value(row.get("target")) is None:
+        raise ValueError(f"field 'target' must be a finite number or a numeric string, got {row.get('target')!r:.60}")
+    if "context" in row and not isinstance(row["context"], str):
+        raise ValueError("field 'context' must be a string")
+    return row
+
+
+def find_paper_file() -> Path | None:
+    """The paper's Countdown file: ``$ESJAX_COUNTDOWN_PATH``, else ``countdown_paper.json`` in ``./``,
+    ``./data/`` or ``~/.cache/esjax/``."""
+    env = os.environ.get("ESJAX_COUNTDOWN_PATH")
+    candidates = [Path(env)] if env else []
+    candidates += [Path(PAPER_FILE), Path("data") / PAPER_FILE, Path.home() / ".cache" / "esjax" / PAPER_FILE]
+    return next((p for p in candidates if p.is_file()), None)
+
+
+@register("countdown")
+class CountdownTask(FileTask):
+    """Countdown in the ES paper's format (see the module docstring).
+
+    Data options as ``FileTask``: rows {id, context, numbers, target, solution}; ``path`` defaults to the
+    paper's file (see ``find_paper_file``), train = its first 200 rows, test = its last 2000. Also
+    ``paper_compat``; ``end_token`` (stripped from the end before the format check, as the reference did);
+    ``truncated_reward`` defaults to ``None`` (truncation is ignored, as in the paper).
+    """
+
+    name = "countdown"
+    reward_range = (0.0, 1.1)
+    part_names = ("format", "answer")
+
+    def __init__(self, path: str | Path | None = None, *, train_size: int | None = 200,
+                 test_size: int | None = 2000, paper_compat: bool = False, end_token: str | None = None,
+                 truncated_reward: float | None = None, **options: Any):
+        self.paper_compat, self.end_token = paper_compat, end_token
+        super().__init__(path, train_size=train_size, test_size=test_size, truncated_reward=truncated_reward,
+                         **options)
+
+    def default_data(self) -> tuple[Path, None]:
+        path = find_paper_file()
+        if path is None:
+            raise TaskDataError(
+                f"task 'countdown' needs the paper's data file: pass path=..., set ESJAX_COUNTDOWN_PATH, or put "
+                f"{PAPER_FILE} in ./, ./data/ or ~/.cache/esjax/ (a small example in this format: "
+                f"{data_path('countdown_example.json')}; for generated problems use 'countdown_procedural')")
+        return path, None
+
+    validate_row = staticmethod(validate_countdown_row)
+
+    def prompt(self, example: Example) -> str:
+        context = example.get("context")
+        return context if isinstance(context, str) else paper_prompt(example["numbers"], example["target"])
+
+    def score(self, completion: str, example: Example) -> tuple[float, dict[str, float]]:
+        return countdown_reward(completion, example["numbers"], example["target"], paper_compat=self.paper_compat,
+                                end_token=self.end_token)
+
+
+_BOXED_INSTRUCTION = ("Using each number exactly once and only + - * / and parentheses, write an expression "
+                      "that equals the target. Put the final expression in \\boxed{}.")
+_LATEX_OPS = (("\\times", "*"), ("\\cdot", "*"), ("\\div", "/"), ("×", "*"), ("÷", "/"), ("\\left", ""),
+              ("\\right", ""), ("[", "("), ("]", ")"), ("{", "("), ("}", ")"))
+
+
+def boxed_expression(completion: str) -> str | None:
+    """The expression in the last ``\\boxed{}``, with LaTeX operators mapped and a trailing ``= T`` dropped."""
+    content = last_boxed(completion)
+    if content is None or len(content) > 4 * MAX_LENGTH:
+        return None
+    for old, new in _LATEX_OPS:
+        content = content.replace(old, new)
+    return content.split("=", 1)[0]
+
+
+@register("countdown_boxed")
+class CountdownBoxedTask(FileTask):
+    """Countdown as in Hoy et al.: chat prompt, answer in ``\\boxed{}``, binary reward (``parts["boxed"]``: a
+    boxed answer was found). Rows hold ``numbers`` (or ``nums``) and ``target``; data options as ``FileTask``.
+    """
+
+    name = "countdown_boxed"
+    part_names = ("answer", "boxed")
+    chat = True
+    validate_row = staticmethod(validate_countdown_row)
+
+    def prompt(self, example: Example) -> Messages:
+        target = target_value(example["target"])
+        shown = int(target) if target is not None and target.is_integer() else example["target"]
+        return self.messages(f"Numbers: {list(example['numbers'])}\nTarget: {shown}\n\n{_BOXED_INSTRUCTION}")
+
+    def score(self, completion: str, example: Example) -> tuple[float, dict[str, float]]:
+        expression = boxed_expression(completion)
+        if expression is None:
+            return 0.0, {"answer": 0.0, "boxed": 0.0}
+        ok = expression_matches(expression, example["numbers"], target_value(example["target"]))
+        return float(ok), {"answer": float(ok), "boxed": 1.0}

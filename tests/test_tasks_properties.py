@@ -1,0 +1,110 @@
+"""Reward functions read untrusted model output: on adversarial completions (huge numbers, ``9**9**9``, deep
+nesting, 1 MB of text, unicode, unbalanced braces, NUL bytes) they never raise, stay in the documented range
+and take well under 10 ms per call."""
+
+import math
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import esjax.tasks as tasks
+from esjax.tasks.boxed import last_boxed, math_equal, normalize_math
+
+MB = 2 ** 20
+LIMIT_S = 0.010
+HUGE = [
+    "a" * MB, "9" * MB, "\x00" * MB, "\n" * MB, " " * MB + "C", "é😀\u202e" * (MB // 3), "\ud800\udfff" * 1000,
+    "<answer>" + "(" * MB + "</answer>", "</think>\n<answer>" * (MB // 17), "<answer>9**9**9</answer>" * (MB // 24),
+    "</think>\n<answer>" + "1+" * (MB // 2) + "1</answer>", "<think>" * (MB // 7), "</answer>" * (MB // 9),
+    "\\boxed{" * (MB // 7), "\\boxed{" + "{" * MB, "{" * MB + "}", "}" * MB, "\\boxed{" + "1" * MB + "}",
+    "\\boxed{" + "\\text{" * 600 + "}" * 600 + "}", "\\boxed{" + "\\frac" * 800 + "}", "\\boxed{" + "(" * 4000 + "}",
+    "answer" * (MB // 6), "answer: " + "9" * MB, "\\boxed{" + "1/" * 2000 + "1}", "\\boxed{" + "-" * 4000 + "1}",
+    "\\boxed{" + "9" * 4000 + "}", "\\boxed{9**9**9}", "\\boxed{" + "\\text{ cm}" * 400 + "}",
+]
+FRAGMENTS = [
+    "<think>", "</think>", "<answer>", "</answer>", "\n", " ", "\t", "\x00", "(", ")", "{", "}", "\\boxed{",
+    "\\boxed", "\\fbox{", "\\text{", "\\frac", "\\sqrt", "\\left(", "answer: ", '"answer": "', "Answer is ",
+    "9**9**9", "**", "//", "1e308", "-", "+", "*", "/", ".", "=", "$", "%", "^\\circ", "yes", "No", "C", "(B)",
+    "44", "19", "35", "98", "0", "9" * 40, "é", "😀", "\u202e", "\ud800", "inf", "nan", "Infinity",
+]
+text_strategy = st.one_of(
+    st.lists(st.sampled_from(FRAGMENTS), max_size=40).map("".join),
+    st.text(max_size=200),
+    st.tuples(st.sampled_from(HUGE), st.lists(st.sampled_from(FRAGMENTS), max_size=8).map("".join),
+              st.booleans()).map(lambda t: t[0] + t[1] if t[2] else t[1] + t[0]),
+)
+
+
+def timed(fn, *args, **kwargs):
+    """Result and best-of-3 wall time of a call (the best of three discounts scheduler noise)."""
+    best, result = math.inf, None
+    for _ in range(3):
+        t0 = time.perf_counter()
+        result = fn(*args, **kwargs)
+        best = min(best, time.perf_counter() - t0)
+    return result, best
+
+
+def _tasks():
+    out = {}
+    for name in tasks.names():
+        if name == "countdown":
+            out[name] = tasks.get(name, path=tasks.data_path("countdown_example.json"), train_size=8, test_size=4)
+        elif name == "countdown_procedural":
+            out[name] = tasks.get(name, train_size=4, test_size=4, integer_only=False, target_range=None)
+        elif not name.startswith("test_user"):
+            out[name] = tasks.get(name)
+    return out
+
+
+TASKS = _tasks()
+
+
+def check(task, completion, example):
+    lo, hi = task.reward_range
+    for truncated in (False, True):
+        (reward, parts), seconds = timed(task.reward, completion, example, truncated=truncated)
+        assert seconds < LIMIT_S, f"{task.name}: {seconds * 1e3:.2f} ms"
+        assert isinstance(reward, float) and lo <= reward <= hi and not math.isnan(reward)
+        assert isinstance(parts, dict) and all(isinstance(v, float) for v in parts.values())
+        assert isinstance(task.is_correct(completion, example, truncated=truncated), bool)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_huge_completions(name):
+    task = TASKS[name]
+    examples = task.split("test")[:2]
+    task.reward("warm-up", examples[0])
+    for completion in HUGE:
+        for example in examples:
+            check(task, completion, example)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(completion=text_strategy, index=st.integers(0, 3))
+def test_reward_never_raises_and_is_fast(name, completion, index):
+    task = TASKS[name]
+    examples = task.split("test")
+    check(task, completion, examples[index % len(examples)])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(text_strategy)
+def test_helpers_never_raise(text):
+    value, seconds = timed(tasks.safe_eval, text)
+    assert value is None or (isinstance(value, float) and abs(value) <= 1e12)
+    assert seconds < LIMIT_S
+    (boxed, norm, eq), seconds = timed(lambda: (last_boxed(text), normalize_math(text), math_equal(text, "5")))
+    assert boxed is None or isinstance(boxed, str)
+    assert isinstance(norm, str) and isinstance(eq, bool) and seconds < LIMIT_S
+
+
+def test_non_string_completions_do_not_raise():
+    for task in TASKS.values():
+        example = task.split("test")[0]
+        for completion in (None, b"\xff\xfe<answer>", 12345, ["\\boxed{1}"]):
+            reward, _ = task.reward(completion, example)
+            assert task.reward_range[0] <= reward <= task.reward_range[1]
