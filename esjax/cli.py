@@ -17,8 +17,13 @@ class UsageError(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     from esjax.models import CheckpointError, ModelConfigError
     from esjax.models.safetensors_io import SafetensorsError
+    from esjax.scoring import RewardError
+    from esjax.settings import SettingsError
+    from esjax.tasks import TaskDataError, UnknownTaskError
+    from esjax.train import RunDirError
     return (UsageError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ModelConfigError,
-            CheckpointError, SafetensorsError)
+            CheckpointError, SafetensorsError, SettingsError, RunDirError, RewardError, TaskDataError,
+            UnknownTaskError)
 
 
 def _load(path: str, dtype: str | None = None):
@@ -63,6 +68,72 @@ def cmd_generate(args: argparse.Namespace) -> None:
         if args.num_samples > 1:
             print(f"--- sample {i}")
         print(text)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import time
+
+    from esjax.settings import load_settings
+    from esjax.train import train
+    if args.resume and not args.out:
+        raise UsageError("--resume needs --out DIR (the run directory to continue)")
+    settings = load_settings(args.config, args.set)
+    out = args.out or f"runs/{Path(args.config).stem if args.config else 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    summary = train(settings, out, resume=args.resume, progress=not args.no_progress)
+    _print_summary(summary)
+
+
+def _print_summary(summary: dict) -> None:
+    if "test_accuracy_before" in summary:
+        print(f"test accuracy: {summary['test_accuracy_before']:.3f} -> {summary['test_accuracy_after']:.3f}")
+    print(f"run directory: {summary['run_dir']}")
+    for plot in summary.get("plots", []):
+        print(f"plot: {plot}")
+    print(f"final model: {summary['final_model']}")
+
+
+def _task_options(pairs: list[str]) -> dict:
+    import yaml
+    options = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UsageError(f"--task-option {pair!r}: expected KEY=VALUE")
+        key, value = pair.split("=", 1)
+        options[key] = yaml.safe_load(value)
+    return options
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    import json
+
+    from esjax import tasks
+    from esjax.evaluate import PromptSet, evaluate
+    from esjax.inference import sampling_for
+    from esjax.tokenizer import load_tokenizer
+    from esjax.train import resolve_model_path
+    model = _load(str(resolve_model_path(args.model)), args.dtype)
+    if model.tokenizer_dir is None:
+        raise UsageError(f"{args.model}: no tokenizer files next to the model")
+    if args.task_file:
+        tasks.load_task_file(args.task_file)
+    task = tasks.get(args.task, **_task_options(args.task_option))
+    tokenizer = load_tokenizer(model.tokenizer_dir)
+    examples = task.split(args.split)[: args.limit]
+    sampling = sampling_for(model.config, tokenizer, max_new_tokens=args.max_new_tokens)
+    prompts = PromptSet(task, tokenizer, examples, sampling.pad_token_id)
+    progress = None
+    if not args.json and sys.stderr.isatty():
+        from tqdm import tqdm
+        progress = tqdm(total=len(examples), desc=f"eval {args.task}/{args.split}", unit="ex")
+    result = evaluate(model.config, model.params, tokenizer, task, prompts, sampling, args.batch_size, progress)
+    if progress is not None:
+        progress.close()
+    summary = {"model": args.model, "task": args.task, "split": args.split, **result.summary()}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"{args.task}/{args.split}: accuracy {result.accuracy:.4f}, mean reward {result.mean_reward:.4f} "
+              f"over {result.num_examples} examples (mean length {result.mean_length:.1f} tokens)")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -114,6 +185,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=dtypes, default=None)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("train", help="ES or GRPO fine-tuning from a YAML config")
+    p.add_argument("config", nargs="?", default=None, metavar="CONFIG", help="YAML file (configs/*.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. es.sigma=0.002")
+    p.add_argument("--out", default=None, metavar="DIR", help="run directory (default runs/<config>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="accuracy and mean reward of a model on a task split (greedy)")
+    p.add_argument("--model", required=True, metavar="PATH", help="HF dir, esjax checkpoint, or 'embedded'")
+    p.add_argument("--task", required=True)
+    p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--task-file", default=None, help="a Python file registering the task")
+    p.add_argument("--split", default="test")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--dtype", choices=dtypes, default=None)
+    p.add_argument("--json", action="store_true", help="print one machine-readable JSON line")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help="the README's main job")
     p.set_defaults(func=cmd_demo)

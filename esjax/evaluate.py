@@ -1,0 +1,73 @@
+"""Greedy evaluation of a model on a task split: accuracy and mean reward (training loop, ``esjax eval``, analysis)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from esjax.inference import encode, render
+from esjax.models.config import ModelConfig
+from esjax.models.decoder import Params
+from esjax.sampling import SamplingConfig, bucket_length, generate_jit, pad_prompts
+from esjax.scoring import score_rows
+
+
+@dataclasses.dataclass
+class EvalResult:
+    accuracy: float
+    mean_reward: float
+    num_examples: int
+    mean_length: float
+    texts: list[str] = dataclasses.field(default_factory=list, repr=False)
+    correct: list[bool] = dataclasses.field(default_factory=list, repr=False)
+
+    def summary(self) -> dict[str, float]:
+        return {"accuracy": self.accuracy, "mean_reward": self.mean_reward, "num_examples": self.num_examples,
+                "mean_length": self.mean_length}
+
+
+class PromptSet:
+    """Examples with their prompts tokenised once, left-padded to one bucketed length."""
+
+    def __init__(self, task: Any, tokenizer: Any, examples: Sequence[dict], pad_token_id: int):
+        self.examples = list(examples)
+        if not self.examples:
+            raise ValueError(f"task {getattr(task, 'name', task)!r}: no examples to evaluate")
+        ids = encode(tokenizer, [render(tokenizer, task.prompt(e)) for e in self.examples])
+        self.tokens, self.mask = pad_prompts(ids, pad_token_id, length=bucket_length(max(map(len, ids))))
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def rows(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.tokens[index], self.mask[index]
+
+
+def evaluate(config: ModelConfig, params: Params, tokenizer: Any, task: Any, prompts: PromptSet,
+             sampling: SamplingConfig, batch_size: int = 256, progress: Any = None) -> EvalResult:
+    """Greedy generation for every prompt (fixed batch shape: one compilation), scored by ``task``."""
+    sampling = dataclasses.replace(sampling, temperature=0.0)
+    n = len(prompts)
+    batch = min(batch_size, n)
+    rewards, correct, lengths, texts = [], [], [], []
+    for start in range(0, n, batch):
+        index = np.arange(start, start + batch) % n  # the last batch wraps around to keep the shape
+        tokens, mask = prompts.rows(index)
+        out = generate_jit(config, params, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(0), sampling)
+        keep = slice(0, min(batch, n - start))
+        scores = score_rows(task, tokenizer, prompts.examples, index[keep], np.asarray(out.tokens)[keep],
+                            np.asarray(out.lengths)[keep], np.asarray(out.finished)[keep])
+        rewards.append(scores.rewards)
+        correct.append(scores.correct)
+        lengths.append(scores.lengths)
+        texts += scores.texts
+        if progress is not None:
+            progress.update(keep.stop)
+    rewards_all, correct_all = np.concatenate(rewards), np.concatenate(correct)
+    return EvalResult(accuracy=float(correct_all.mean()), mean_reward=float(np.nanmean(rewards_all)),
+                      num_examples=n, mean_length=float(np.concatenate(lengths).mean()), texts=texts,
+                      correct=correct_all.tolist())

@@ -1,0 +1,192 @@
+"""Run settings: YAML files loaded into typed, validated dataclasses, with ``--set a.b=value`` overrides.
+
+Unknown keys and wrong types are errors naming the key and the file. The effective settings are saved in the run
+directory (``config.yaml``) so that a run can be resumed or repeated exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+
+class SettingsError(ValueError):
+    """A bad setting; the message names the key (and the file)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+    path: str = "embedded"  # an HF directory, an esjax checkpoint, or "embedded" (the packaged tiny model)
+    dtype: str | None = None  # parameter dtype; None keeps the checkpoint's
+    compute_dtype: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSettings:
+    name: str = "countdown_procedural"
+    options: dict = dataclasses.field(default_factory=dict)  # passed to esjax.tasks.get(name, **options)
+    train_split: str = "train"
+    eval_splits: tuple[str, ...] = ("train", "test")
+    train_limit: int | None = None  # use only the first N training examples
+    eval_limit: int | None = 200  # evaluate on the first N examples of each eval split
+    iterations: int | None = None  # budget of this stage in a continual sequence (None: train.iterations)
+    file: str | None = None  # a Python file registering a user task
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    max_new_tokens: int = 1024
+    temperature: float = 0.0  # 0 = greedy (the ES paper); GRPO needs > 0
+    top_p: float = 1.0
+    top_k: int = 0
+    eval_max_new_tokens: int | None = None  # default: max_new_tokens (evaluation is always greedy)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    iterations: int = 500
+    prompts_per_iteration: int = 200  # prompts every member (ES) / every group (GRPO) sees per iteration
+    seed: int = 0
+    eval_every: int = 50  # 0: only at the start and the end
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    eval_batch_size: int = 256
+    devices: int | None = None  # devices on the population/data axis (None: all)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    method: Literal["es", "grpo"] = "es"
+    model: ModelSettings = ModelSettings()
+    task: TaskSettings | None = None  # one task, or
+    stages: tuple[TaskSettings, ...] = ()  # a continual sequence of tasks, trained in order
+    sampling: SamplingSettings = SamplingSettings()
+    train: TrainSettings = TrainSettings()
+    es: dict = dataclasses.field(default_factory=dict)  # esjax.es.ESConfig fields
+    grpo: dict = dataclasses.field(default_factory=dict)  # esjax.grpo.GRPOConfig fields
+
+    def task_stages(self) -> tuple[TaskSettings, ...]:
+        return self.stages or (self.task or TaskSettings(),)
+
+
+def _check(value: Any, hint: Any, key: str, where: str) -> Any:
+    """Coerce ``value`` to the type ``hint`` (dataclasses recursively) or raise naming ``key``."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise SettingsError(f"{where}: '{key}' must be a mapping, got {value!r}")
+        return from_dict(hint, value, where, prefix=f"{key}.")
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return _check(value, option, key, where)
+            except SettingsError as e:
+                errors.append(str(e))
+        raise SettingsError(errors[0] if len(errors) == 1 else f"{where}: '{key}' has the wrong type: {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise SettingsError(f"{where}: '{key}' must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise SettingsError(f"{where}: '{key}' must be a list, got {value!r}")
+        return tuple(_check(v, args[0], f"{key}[{i}]", where) for i, v in enumerate(value))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is dict:
+        if not isinstance(value, dict):
+            raise SettingsError(f"{where}: '{key}' must be a mapping, got {value!r}")
+        return value
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise SettingsError(f"{where}: '{key}' must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "<settings>", prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a dict, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise SettingsError(f"{where}: unknown key '{prefix}{unknown[0]}' (known: {', '.join(sorted(fields))})")
+    return cls(**{k: _check(v, hints[k], prefix + k, where) for k, v in data.items()})
+
+
+def to_dict(settings: Any) -> Any:
+    if dataclasses.is_dataclass(settings):
+        return {f.name: to_dict(getattr(settings, f.name)) for f in dataclasses.fields(settings)}
+    if isinstance(settings, (list, tuple)):
+        return [to_dict(v) for v in settings]
+    return settings
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` strings (values parsed as YAML: numbers, booleans, lists) to a nested dict."""
+    data = yaml.safe_load(yaml.safe_dump(data))  # deep copy
+    for item in overrides:
+        if "=" not in item:
+            raise SettingsError(f"--set {item!r}: expected KEY=VALUE, e.g. train.iterations=10")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SettingsError(f"--set {key}: '{part}' is not a mapping")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return data
+
+
+def load_settings(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunSettings:
+    """Read a YAML run config (None: defaults), apply ``--set`` overrides, validate."""
+    where = str(path) if path else "<defaults>"
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise SettingsError(f"{path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise SettingsError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(data, dict):
+            raise SettingsError(f"{path}: the top level must be a mapping")
+    data = apply_overrides(data, overrides)
+    settings = from_dict(RunSettings, data, where)
+    if settings.task is not None and settings.stages:
+        raise SettingsError(f"{where}: give either 'task' or 'stages', not both")
+    _validate_method_config(settings, where)
+    return settings
+
+
+def _validate_method_config(settings: RunSettings, where: str) -> None:
+    """Build the method's own config now, so a bad ES/GRPO setting fails at load time, naming the key."""
+    try:
+        if settings.method == "es":
+            es_config(settings).validate(settings.train.devices or 1)
+        else:
+            grpo_config(settings)
+    except (TypeError, ValueError) as e:
+        raise SettingsError(f"{where}: {settings.method}: {e}") from None
+
+
+def es_config(settings: RunSettings):
+    from esjax.es import ESConfig
+    return ESConfig.from_dict(settings.es)
+
+
+def grpo_config(settings: RunSettings):
+    from esjax.grpo import GRPOConfig
+    return GRPOConfig.from_dict(settings.grpo)
+
+
+def save_settings(settings: RunSettings, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(settings), sort_keys=False))

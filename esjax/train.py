@@ -1,0 +1,288 @@
+"""The run loop shared by ES and GRPO: data order, rollouts, scoring, evaluation, metrics, checkpoints, stages.
+
+One loop drives both methods through the small :class:`Method` interface, so an ES-vs-GRPO comparison differs in
+the algorithm only: same model, sampler, tasks, evaluation, checkpoints and metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import jax
+import numpy as np
+
+from esjax.checkpoint import RunCheckpoints
+from esjax.evaluate import EvalResult, PromptSet, evaluate
+from esjax.inference import sampling_for
+from esjax.metrics import MetricsLogger
+from esjax.models import load_model, save_model
+from esjax.models.decoder import Params
+from esjax.scoring import score_rows
+from esjax.settings import RunSettings, TaskSettings, es_config, grpo_config, save_settings, to_dict
+
+
+class RunDirError(ValueError):
+    """The run directory cannot be used as asked (exists without --resume, nothing to resume, not writable)."""
+
+
+class Method(Protocol):
+    """What the loop needs from a training method (ES or GRPO)."""
+
+    samples_per_prompt: int  # generated completions per prompt per iteration (N for ES, G for GRPO)
+
+    def init(self, params: Params, key: jax.Array) -> Any: ...
+    def step(self, state: Any, tokens: np.ndarray, mask: np.ndarray, score_fn: Callable, iteration: int) -> tuple[Any, dict]: ...
+    def params(self, state: Any) -> Params: ...
+
+
+def resolve_model_path(path: str) -> Path:
+    if path == "embedded":
+        from esjax.embedded import EMBEDDED_MODEL_DIR
+        return Path(EMBEDDED_MODEL_DIR)
+    return Path(path).expanduser()
+
+
+def load_task(stage: TaskSettings):
+    from esjax import tasks
+    if stage.file:
+        tasks.load_task_file(stage.file)
+    return tasks.get(stage.name, **stage.options)
+
+
+@dataclasses.dataclass
+class Stage:
+    index: int
+    settings: TaskSettings
+    task: Any
+    train: PromptSet
+    evals: dict[str, PromptSet]
+    begin: int
+    end: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.index}-{self.settings.name}"
+
+
+def batch_indices(seed: int, stage: int, step: int, batch: int, n: int) -> np.ndarray:
+    """Examples of iteration ``step`` of a stage: consecutive slices of per-epoch seeded permutations (a pure
+    function of its arguments, so a resumed run sees exactly the batches an uninterrupted one would)."""
+    if batch >= n:
+        return np.arange(n)
+    first, out = step * batch, []
+    while len(out) < batch:
+        epoch, offset = divmod(first + len(out), n)
+        order = np.random.default_rng([seed, stage, epoch]).permutation(n)
+        out.extend(order[offset: offset + batch - len(out)].tolist())
+    return np.asarray(out)
+
+
+def make_method(settings: RunSettings, model_config, tokenizer, mesh, params: Params, batch_shape) -> Method:
+    sampling = sampling_for(model_config, tokenizer, max_new_tokens=settings.sampling.max_new_tokens,
+                            temperature=settings.sampling.temperature, top_p=settings.sampling.top_p,
+                            top_k=settings.sampling.top_k)
+    if settings.method == "es":
+        from esjax.es.step import ESMethod
+        return ESMethod(es_config(settings), model_config, sampling, mesh, params, batch_shape)
+    from esjax.grpo.method import GRPOMethod
+    return GRPOMethod(grpo_config(settings), model_config, sampling, mesh, params, batch_shape)
+
+
+def make_mesh(devices: int | None, axis: str) -> jax.sharding.Mesh:
+    devs = jax.devices()
+    if devices is not None:
+        if devices > len(devs):
+            raise ValueError(f"train.devices={devices} but only {len(devs)} devices are visible")
+        devs = devs[:devices]
+    return jax.sharding.Mesh(np.asarray(devs), (axis,))
+
+
+def prepare_run_dir(out_dir: Path, settings: RunSettings, resume: bool) -> None:
+    if resume:
+        if not (out_dir / "config.yaml").is_file():
+            raise RunDirError(f"{out_dir}: nothing to resume (no config.yaml)")
+        return
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise RunDirError(f"{out_dir} already exists; pass --resume to continue it or choose another --out")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_settings(settings, out_dir / "config.yaml")
+    except OSError as e:
+        raise RunDirError(f"{out_dir}: cannot write the run directory ({e.strerror or e})") from None
+
+
+class Run:
+    """A training run in ``out_dir``; :meth:`run` trains to the end (resuming from the last checkpoint if asked)."""
+
+    def __init__(self, settings: RunSettings, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
+                 log: Callable[[str], None] = print):
+        self.settings, self.out_dir, self.progress, self.log = settings, Path(out_dir), progress, log
+        prepare_run_dir(self.out_dir, settings, resume)
+        self.resume = resume
+        model = load_model(resolve_model_path(settings.model.path), dtype=settings.model.dtype)
+        if model.tokenizer_dir is None:
+            raise RunDirError(f"{settings.model.path}: the model has no tokenizer files")
+        from esjax.tokenizer import load_tokenizer
+        self.model, self.tokenizer = model, load_tokenizer(model.tokenizer_dir)
+        self.eval_sampling = sampling_for(model.config, self.tokenizer, temperature=0.0, max_new_tokens=(
+            settings.sampling.eval_max_new_tokens or settings.sampling.max_new_tokens))
+        self.stages = self._build_stages()
+        self.mesh = make_mesh(settings.train.devices, "population" if settings.method == "es" else "data")
+
+    def _build_stages(self) -> list[Stage]:
+        stages, begin = [], 0
+        pad = self.eval_sampling.pad_token_id
+        for i, st in enumerate(self.settings.task_stages()):
+            task = load_task(st)
+            train = task.split(st.train_split)[: st.train_limit]
+            evals = {name: PromptSet(task, self.tokenizer, task.split(name)[: st.eval_limit], pad)
+                     for name in st.eval_splits}
+            length = st.iterations if st.iterations is not None else self.settings.train.iterations
+            stages.append(Stage(i, st, task, PromptSet(task, self.tokenizer, train, pad), evals, begin, begin + length))
+            begin += length
+        return stages
+
+    def _evaluate(self, params: Params, stage: Stage) -> dict[str, float]:
+        out = {}
+        for split, prompts in stage.evals.items():
+            result: EvalResult = evaluate(self.model.config, params, self.tokenizer, stage.task, prompts,
+                                          self.eval_sampling, self.settings.train.eval_batch_size)
+            out[f"eval/{split}/accuracy"] = result.accuracy
+            out[f"eval/{split}/mean_reward"] = result.mean_reward
+        return out
+
+    def _score_fn(self, stage: Stage, batch: np.ndarray):
+        examples = [stage.train.examples[i] for i in batch]
+
+        def score(tokens, lengths, finished, slots):
+            s = score_rows(stage.task, self.tokenizer, examples, slots, tokens, lengths, finished)
+            return s.rewards, s.correct
+        return score
+
+    def _stage_matrix_row(self, params: Params) -> dict[str, list[float]]:
+        row: dict[str, list[float]] = {}
+        for stage in self.stages:
+            for split, prompts in stage.evals.items():
+                r = evaluate(self.model.config, params, self.tokenizer, stage.task, prompts, self.eval_sampling,
+                             self.settings.train.eval_batch_size)
+                row.setdefault(split, []).append(r.accuracy)
+        return row
+
+    def run(self) -> dict[str, Any]:
+        s = self.settings
+        total = self.stages[-1].end
+        checkpoints = RunCheckpoints(self.out_dir / "checkpoints", s.train.keep_checkpoints)
+        method, state, method_stage = None, None, None
+        records, matrices, start = [], {}, 0
+        params = self.model.params
+        key = jax.random.key(s.train.seed)
+        if self.resume and checkpoints.latest() is not None:
+            stage = self._stage_at(checkpoints.latest() - 1 if checkpoints.latest() else 0)
+            method = self._method(stage, params)
+            method_stage = stage.index
+            state, meta = checkpoints.restore(method.init(params, key))
+            start, records, matrices = meta["iteration"], meta["metrics"], meta["matrices"]
+            self.log(f"resuming {self.out_dir} at iteration {start}/{total}")
+        logger = MetricsLogger(self.out_dir, records)
+        samples = records[-1].get("samples", 0) if records else 0
+        bar = self._progress(total, start)
+        try:
+            for it in range(start, total):
+                stage = self._stage_at(it)
+                if method_stage != stage.index:
+                    base = params if method is None else method.params(state)
+                    method = self._method(stage, base)
+                    state = method.init(base, jax.random.fold_in(key, stage.index))
+                    method_stage = stage.index
+                if it == stage.begin and not any(r["iteration"] == it and r.get("stage") == stage.index
+                                                 and any(k.startswith("eval/") for k in r) for r in logger.records):
+                    logger.log(it, {"stage": stage.index, "samples": samples, **self._evaluate(method.params(state), stage)})
+                step = it - stage.begin
+                batch = batch_indices(s.train.seed, stage.index, step, s.train.prompts_per_iteration, len(stage.train))
+                t0 = time.perf_counter()
+                tokens, mask = stage.train.rows(batch)
+                state, metrics = method.step(state, tokens, mask, self._score_fn(stage, batch), it)
+                samples += metrics.pop("samples_per_iteration")
+                metrics |= {"stage": stage.index, "samples": samples, "seconds": time.perf_counter() - t0}
+                done = it + 1
+                if done == stage.end or (s.train.eval_every and done % s.train.eval_every == 0):
+                    metrics |= self._evaluate(method.params(state), stage)
+                logger.log(done, metrics)
+                if done == stage.end:
+                    self._finish_stage(stage, method.params(state), matrices)
+                if done == total or (s.train.checkpoint_every and done % s.train.checkpoint_every == 0) or done == stage.end:
+                    checkpoints.save(done, state, {"iteration": done, "metrics": logger.records, "matrices": matrices})
+                self._advance(bar, metrics)
+        finally:
+            if bar is not None:
+                bar.close()
+            logger.close()
+            checkpoints.close()
+        return self._finish(method.params(state) if method else params, logger.records, matrices)
+
+    def _stage_at(self, it: int) -> Stage:
+        return next(st for st in self.stages if st.begin <= it < st.end) if it < self.stages[-1].end else self.stages[-1]
+
+    def _method(self, stage: Stage, params: Params) -> Method:
+        shape = (min(self.settings.train.prompts_per_iteration, len(stage.train)), stage.train.tokens.shape[1])
+        return make_method(self.settings, self.model.config, self.tokenizer, self.mesh, params, shape)
+
+    def _finish_stage(self, stage: Stage, params: Params, matrices: dict) -> None:
+        if len(self.stages) > 1:
+            row = self._stage_matrix_row(params)
+            for split, values in row.items():
+                matrices.setdefault(split, [])
+                del matrices[split][stage.index:]
+                matrices[split].append(values)
+        save_model(self.out_dir / "stages" / stage.label, self.model.config, params,
+                   source_dir=self.model.source_dir, overwrite=True)
+
+    def _progress(self, total: int, start: int):
+        if not self.progress or jax.process_index() != 0:
+            return None
+        from tqdm import tqdm
+        return tqdm(total=total, initial=start, desc=f"{self.settings.method} train", unit="it", dynamic_ncols=True)
+
+    @staticmethod
+    def _advance(bar, metrics: dict) -> None:
+        if bar is None:
+            return
+        post = {"reward": f"{metrics['reward_mean']:.3f}", "acc": f"{metrics['accuracy']:.3f}",
+                "s/it": f"{metrics['seconds']:.1f}"}
+        if "eval/test/accuracy" in metrics:
+            post["test_acc"] = f"{metrics['eval/test/accuracy']:.3f}"
+        bar.set_postfix(post, refresh=False)
+        bar.update(1)
+
+    def _finish(self, params: Params, records: list[dict], matrices: dict) -> dict[str, Any]:
+        from esjax.plots import plot_matrix, plot_training
+        final_dir = self.out_dir / "stages" / self.stages[-1].label
+        summary: dict[str, Any] = {"run_dir": str(self.out_dir), "final_model": str(final_dir),
+                                   "iterations": self.stages[-1].end, "method": self.settings.method}
+        evals = [r for r in records if "eval/test/accuracy" in r]
+        if evals:
+            summary |= {"test_accuracy_before": evals[0]["eval/test/accuracy"],
+                        "test_accuracy_after": evals[-1]["eval/test/accuracy"]}
+        if jax.process_index() == 0:
+            summary["plots"] = [str(p) for p in plot_training(records, self.out_dir)]
+            if matrices:
+                labels = [st.label for st in self.stages]
+                (self.out_dir / "accuracy_matrices.json").write_text(json.dumps(
+                    {"stages": labels, "tasks": [st.settings.name for st in self.stages], **matrices}, indent=2))
+                for split, matrix in matrices.items():
+                    summary["plots"].append(str(plot_matrix(
+                        np.asarray(matrix), [f"after {l}" for l in labels], [st.settings.name for st in self.stages],
+                        f"{split} accuracy after each stage", self.out_dir / f"accuracy_matrix_{split}.png")))
+            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+
+def train(settings: RunSettings, out_dir: str | Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train to the end of the configured budget; returns a summary (run dir, accuracies, plots)."""
+    return Run(settings, out_dir, resume=resume, progress=progress).run()
