@@ -93,13 +93,13 @@ def _print_summary(summary: dict) -> None:
 
 
 def _task_options(pairs: list[str]) -> dict:
-    import yaml
+    from esjax.settings import parse_yaml
     options = {}
     for pair in pairs:
         if "=" not in pair:
             raise UsageError(f"--task-option {pair!r}: expected KEY=VALUE")
         key, value = pair.split("=", 1)
-        options[key] = yaml.safe_load(value)
+        options[key] = parse_yaml(value)
     return options
 
 

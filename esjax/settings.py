@@ -7,12 +7,28 @@ directory (``config.yaml``) so that a run can be resumed or repeated exactly.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` as a string; hyperparameters are written that way, so accept it as a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                |\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
 
 
 class SettingsError(ValueError):
@@ -141,7 +157,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise SettingsError(f"--set {key}: '{part}' is not a mapping")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+        node[parts[-1]] = parse_yaml(raw) if raw.strip() else None
     return data
 
 
@@ -154,7 +170,7 @@ def load_settings(path: str | Path | None, overrides: list[str] | tuple[str, ...
         if not path.is_file():
             raise SettingsError(f"{path}: config file not found")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = parse_yaml(path.read_text()) or {}
         except yaml.YAMLError as e:
             raise SettingsError(f"{path}: not valid YAML ({e})") from None
         if not isinstance(data, dict):
@@ -171,11 +187,25 @@ def _validate_method_config(settings: RunSettings, where: str) -> None:
     """Build the method's own config now, so a bad ES/GRPO setting fails at load time, naming the key."""
     try:
         if settings.method == "es":
-            es_config(settings).validate(settings.train.devices or 1)
+            es_config(settings).validate(mesh_devices(settings))
         else:
-            grpo_config(settings)
+            grpo_config(settings).validate(mesh_devices(settings))
     except (TypeError, ValueError) as e:
         raise SettingsError(f"{where}: {settings.method}: {e}") from None
+
+
+def mesh_devices(settings: RunSettings) -> int:
+    """Devices on the population (ES) / data (GRPO) axis: ``train.devices``, or by default the most visible
+    devices that split the population (ES: N, or N/2 antithetic pairs; GRPO: the rollout batch) evenly."""
+    import jax
+    if settings.train.devices is not None:
+        return settings.train.devices
+    if settings.method == "es":
+        cfg = es_config(settings)
+        units = cfg.population_size // (2 if cfg.antithetic else 1)
+    else:
+        units = settings.train.prompts_per_iteration * grpo_config(settings).num_generations
+    return max(d for d in range(1, jax.device_count() + 1) if units % d == 0)
 
 
 def es_config(settings: RunSettings):

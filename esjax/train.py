@@ -24,7 +24,7 @@ from esjax.metrics import MetricsLogger
 from esjax.models import load_model, save_model
 from esjax.models.decoder import Params
 from esjax.scoring import score_rows
-from esjax.settings import RunSettings, TaskSettings, es_config, grpo_config, save_settings, to_dict
+from esjax.settings import RunSettings, TaskSettings, es_config, grpo_config, mesh_devices, save_settings
 
 
 class RunDirError(ValueError):
@@ -94,13 +94,10 @@ def make_method(settings: RunSettings, model_config, tokenizer, mesh, params: Pa
     return GRPOMethod(grpo_config(settings), model_config, sampling, mesh, params, batch_shape)
 
 
-def make_mesh(devices: int | None, axis: str) -> jax.sharding.Mesh:
-    devs = jax.devices()
-    if devices is not None:
-        if devices > len(devs):
-            raise ValueError(f"train.devices={devices} but only {len(devs)} devices are visible")
-        devs = devs[:devices]
-    return jax.sharding.Mesh(np.asarray(devs), (axis,))
+def make_mesh(devices: int, axis: str) -> jax.sharding.Mesh:
+    if devices > jax.device_count():
+        raise ValueError(f"train.devices={devices} but only {jax.device_count()} devices are visible")
+    return jax.sharding.Mesh(np.asarray(jax.devices()[:devices]), (axis,))
 
 
 def prepare_run_dir(out_dir: Path, settings: RunSettings, resume: bool) -> None:
@@ -133,7 +130,7 @@ class Run:
         self.eval_sampling = sampling_for(model.config, self.tokenizer, temperature=0.0, max_new_tokens=(
             settings.sampling.eval_max_new_tokens or settings.sampling.max_new_tokens))
         self.stages = self._build_stages()
-        self.mesh = make_mesh(settings.train.devices, "population" if settings.method == "es" else "data")
+        self.mesh = make_mesh(mesh_devices(settings), "population" if settings.method == "es" else "data")
 
     def _build_stages(self) -> list[Stage]:
         stages, begin = [], 0

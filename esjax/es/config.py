@@ -1,0 +1,128 @@
+"""ES hyperparameters: one frozen, hashable dataclass (usable as a ``jax.jit`` static argument)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import optax
+
+NOISE_KINDS = ("full", "lowrank")
+NON_MATRIX_MODES = ("full", "freeze")
+SHAPINGS = ("zscore", "centered_rank", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class ESConfig:
+    """Evolution Strategies settings (defaults: Qiu et al. 2025).
+
+    Attributes:
+        population_size: N, members per iteration (global, over all devices).
+        sigma: perturbation scale; member i evaluates ``theta + sigma * eps_i``.
+        alpha: step size; ``theta <- theta + alpha / N * sum_i w_i eps_i`` (1/sigma folded in).
+        antithetic: members 2k and 2k+1 use ``+eps_k`` and ``-eps_k``.
+        noise: "full" (iid normal per element) or "lowrank" (``A B^T / sqrt(rank)`` for 2-D leaves).
+        rank: r of the low-rank factors.
+        non_matrix: in low-rank mode, leaves with ndim != 2 get "full" noise or are frozen ("freeze").
+        freeze: regexes, ``re.search``-ed against leaf paths such as "layers_0/self_attn/q_proj/kernel";
+            matching leaves get zero noise and are never updated.
+        shaping: fitness shaping, "zscore" (paper), "centered_rank" or "none".
+        group_baseline: fitness arrives as [N, G] per-prompt-group scores; each group is z-scored across
+            members before averaging over groups (see ``shaping.shape_fitness``).
+        optimizer: None for the plain ES update, or the name of an optax optimizer ("sgd", "adam", ...)
+            built with ``learning_rate=alpha`` and applied to the negated ES gradient estimate.
+        optimizer_kwargs: extra optimizer arguments as ``((name, value), ...)`` (a dict is accepted and
+            converted, so the config stays hashable).
+        master_fp32: keep fp32 master weights when params are in a lower precision.
+        population_chunk: members evaluated at once per device (int), or "auto".
+    """
+
+    population_size: int = 30
+    sigma: float = 1e-3
+    alpha: float = 5e-4
+    antithetic: bool = False
+    noise: str = "full"
+    rank: int = 1
+    non_matrix: str = "full"
+    freeze: tuple[str, ...] = ()
+    shaping: str = "zscore"
+    group_baseline: bool = False
+    optimizer: str | None = None
+    optimizer_kwargs: tuple[tuple[str, Any], ...] = ()
+    master_fp32: bool = False
+    population_chunk: int | str = "auto"
+
+    def __post_init__(self):
+        # Normalise containers to tuples (hashable) so YAML/JSON lists and dicts are accepted.
+        freeze = (self.freeze,) if isinstance(self.freeze, str) else tuple(self.freeze)
+        kwargs = self.optimizer_kwargs
+        kwargs = tuple(sorted(kwargs.items())) if isinstance(kwargs, Mapping) else tuple(map(tuple, kwargs))
+        object.__setattr__(self, "freeze", freeze)
+        object.__setattr__(self, "optimizer_kwargs", kwargs)
+        self.validate()
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ESConfig:
+        """Builds a config from a mapping (e.g. a YAML section); unknown keys raise ValueError."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"Unknown ESConfig keys {unknown}; valid keys are {sorted(known)}.")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict view (round-trips through ``from_dict``)."""
+        d = dataclasses.asdict(self)
+        d["freeze"], d["optimizer_kwargs"] = list(self.freeze), dict(self.optimizer_kwargs)
+        return d
+
+    def validate(self, num_devices: int = 1) -> ESConfig:
+        """Raises ValueError on an inconsistent config; returns self.
+
+        Args:
+            num_devices: devices the population is split over. N must be a multiple of it so every
+                device runs the same number of members; with ``antithetic``, of ``2 * num_devices`` so that
+                a +/- pair never straddles two devices.
+        """
+        n = self.population_size
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"population_size must be a positive int, got {n!r}.")
+        if not isinstance(num_devices, int) or num_devices < 1:
+            raise ValueError(f"num_devices must be a positive int, got {num_devices!r}.")
+        if self.antithetic and n % (2 * num_devices):
+            raise ValueError(
+                    f"With antithetic=True, population_size ({n}) must be a multiple of 2 * num_devices "
+                    f"({2 * num_devices}) so that antithetic pairs (2k, 2k+1) never straddle devices.")
+        if n % num_devices:
+            raise ValueError(
+                    f"population_size ({n}) must be a multiple of the number of devices ({num_devices}).")
+        for name in ("sigma", "alpha"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}.")
+        if not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"rank must be an int >= 1, got {self.rank!r}.")
+        for name, allowed in (("noise", NOISE_KINDS), ("non_matrix", NON_MATRIX_MODES),
+                                                    ("shaping", SHAPINGS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        for pattern in self.freeze:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"Invalid freeze regex {pattern!r}: {e}.") from None
+        if self.optimizer is not None and not callable(getattr(optax, str(self.optimizer), None)):
+            raise ValueError(f"optimizer must be None or an optax optimizer name, got {self.optimizer!r}.")
+        if self.optimizer is None and self.optimizer_kwargs:
+            raise ValueError("optimizer_kwargs given but optimizer is None.")
+        chunk = self.population_chunk
+        if chunk != "auto" and not (isinstance(chunk, int) and chunk >= 1):
+            raise ValueError(f"population_chunk must be 'auto' or an int >= 1, got {chunk!r}.")
+        return self
+
+    def is_frozen(self, path: str) -> bool:
+        """Whether the leaf at ``path`` ("a/b/c") matches a ``freeze`` pattern."""
+        return any(re.search(p, path) for p in self.freeze)

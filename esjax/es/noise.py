@@ -1,0 +1,177 @@
+"""Seed-replayed ES noise over arbitrary parameter pytrees.
+
+Member ``i``'s noise for one leaf is a pure function of (run key, iteration, member, leaf path)::
+
+    k    = i // 2 if antithetic else i                      # noise index; sign = (-1) ** (i % 2) if antithetic
+    key  = fold_in(fold_in(fold_in(run_key, iteration), k), crc32(path) & 0x7FFFFFFF)
+    eps  = normal(key, leaf.shape, float32)                # full rank
+    a, b = normal(ka, [m, r]), normal(kb, [n, r])          # low rank, (ka, kb) = split(key); E = a @ b.T / sqrt(r)
+
+Nothing is stored or communicated: any device regenerates any member's noise, member ids are global, so the
+noise does not depend on the device count. ``member`` and ``iteration`` may be traced int32 scalars (``vmap``,
+``lax.axis_index`` inside ``shard_map``); the tree structure and the leaf paths are static.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from esjax.es.config import ESConfig
+
+Array = jax.Array
+PyTree = Any
+
+FULL, LOWRANK, FROZEN = "full", "lowrank", "frozen"
+
+
+def leaf_paths(params: PyTree) -> list[str]:
+    """Path strings ("layers_0/self_attn/q_proj/kernel") of the leaves, in ``jax.tree.leaves`` order."""
+    return [jax.tree_util.keystr(path, simple=True, separator="/")
+            for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
+def leaf_ids(paths: list[str]) -> list[int]:
+    """Stable 31-bit ids (crc32) of leaf paths; raises ValueError if two paths collide."""
+    ids = [zlib.crc32(p.encode()) & 0x7FFFFFFF for p in paths]
+    if len(set(ids)) != len(ids):
+        seen: dict[int, str] = {}
+        for path, i in zip(paths, ids):
+            if i in seen:
+                raise ValueError(f"Leaf paths {seen[i]!r} and {path!r} hash to the same noise id {i}; rename one.")
+            seen[i] = path
+    return ids
+
+
+def leaf_kind(config: ESConfig, path: str, leaf: Any) -> str:
+    """How a leaf is perturbed: ``"full"``, ``"lowrank"`` or ``"frozen"`` (no noise, never updated)."""
+    if config.is_frozen(path) or not jnp.issubdtype(leaf.dtype, jnp.inexact):
+        return FROZEN
+    if config.noise == "full":
+        return FULL
+    if leaf.ndim == 2:
+        return LOWRANK
+    return FULL if config.non_matrix == "full" else FROZEN
+
+
+def trainable_mask(config: ESConfig, params: PyTree) -> PyTree:
+    """Python bools shaped like ``params``: True where the leaf gets noise and updates."""
+    kinds = leaf_plan(config, params)[1]
+    return jax.tree.unflatten(jax.tree.structure(params), [k != FROZEN for k in kinds])
+
+
+def noise_index_and_sign(config: ESConfig, member: int | Array) -> tuple[int | Array, int | Array]:
+    """Noise index k and sign (+1/-1) of a global member id; antithetic members 2k, 2k+1 share index k."""
+    if not config.antithetic:
+        return member, 1
+    return member // 2, 1 - 2 * (member % 2)
+
+
+def member_noise(config: ESConfig, params: PyTree, run_key: Array, iteration: int | Array,
+                 member: int | Array) -> PyTree:
+    """Member ``member``'s unit-scale noise eps_i, float32 and shaped like ``params``.
+
+    Signed for antithetic pairs; zeros on frozen leaves; ``a @ b.T / sqrt(r)`` materialised on low-rank leaves.
+    """
+    factors = lowrank_factors(config, params, run_key, iteration, member)
+    return jax.tree.map(_materialise, params, factors)
+
+
+def lowrank_factors(config: ESConfig, params: PyTree, run_key: Array, iteration: int | Array,
+                    member: int | Array) -> PyTree:
+    """Member ``member``'s noise in factored form, one entry per leaf of ``params``.
+
+    Low-rank leaves [m, n] -> ``{"a": [m, r], "b": [n, r]}`` float32 unit normals (antithetic sign on ``b``), so
+    that eps = a @ b.T / sqrt(r); full-noise leaves -> signed float32 eps shaped like the leaf; frozen -> None.
+    ``jax.tree.map(f, params, factors)`` pairs each param leaf with its entry. In ``noise="full"`` mode every
+    trainable leaf is a full eps array.
+    """
+    index, sign = noise_index_and_sign(config, member)
+    key = noise_key(run_key, iteration, index)
+    treedef, kinds, ids = leaf_plan(config, params)
+
+    def leaf_noise(leaf, kind, leaf_id):
+        noise = unit_noise(config, kind, leaf.shape, key, leaf_id)
+        if noise is None or not config.antithetic:
+            return noise
+        if kind == LOWRANK:
+            return {"a": noise["a"], "b": sign * noise["b"]}
+        return sign * noise
+
+    return jax.tree.unflatten(treedef, [leaf_noise(leaf, kind, i)
+                                        for leaf, kind, i in zip(jax.tree.leaves(params), kinds, ids)])
+
+
+def perturb(config: ESConfig, params: PyTree, run_key: Array, iteration: int | Array, member: int | Array) -> PyTree:
+    """``params + sigma * eps_member``, added in float32 and cast back to each leaf's dtype; frozen leaves as-is.
+
+    Materialises the noise of every leaf (low-rank ones too): meant for full-rank ES, e.g. under ``vmap`` over
+    members. :func:`lowrank_perturb` gives the factored form.
+    """
+    factors = lowrank_factors(config, params, run_key, iteration, member)
+    return jax.tree.map(lambda p, f: p if f is None else add_scaled(p, config.sigma, _materialise(p, f)),
+                        params, factors)
+
+
+def lowrank_perturb(config: ESConfig, params: PyTree, run_key: Array, iteration: int | Array,
+                    member: int | Array) -> tuple[PyTree, PyTree]:
+    """Factored perturbation, for a forward pass that computes ``x @ (W + a @ b.T)`` without materialising it.
+
+    Returns ``(params', lowrank)``: ``params'`` has ``sigma * eps`` added to full-noise leaves only (low-rank and
+    frozen leaves unchanged); ``lowrank`` mirrors ``params`` with ``{"a": [m, r], "b": [n, r]}`` float32 on
+    low-rank leaves, ``b`` scaled by ``sign * sigma / sqrt(r)`` so that ``a @ b.T = sigma * eps``, and None elsewhere.
+    """
+    factors = lowrank_factors(config, params, run_key, iteration, member)
+    scale = config.sigma / math.sqrt(config.rank)
+    dense = jax.tree.map(lambda p, f: add_scaled(p, config.sigma, f) if isinstance(f, jax.Array) else p,
+                         params, factors)
+    lowrank = jax.tree.map(lambda p, f: {"a": f["a"], "b": scale * f["b"]} if isinstance(f, dict) else None,
+                           params, factors)
+    return dense, lowrank
+
+
+def noise_key(run_key: Array, iteration: int | Array, index: int | Array) -> Array:
+    """Key of noise index ``index`` at ``iteration``: ``fold_in(fold_in(run_key, iteration), index)``."""
+    return jax.random.fold_in(jax.random.fold_in(run_key, iteration), index)
+
+
+def unit_noise(config: ESConfig, kind: str, shape: tuple[int, ...], key: Array,
+               leaf_id: int) -> Array | dict[str, Array] | None:
+    """Unsigned unit noise of one leaf from its :func:`noise_key` and :func:`leaf_ids` id.
+
+    Full: float32 array of ``shape``; low-rank: ``{"a": [m, r], "b": [n, r]}`` float32; frozen: None.
+    """
+    if kind == FROZEN:
+        return None
+    key = jax.random.fold_in(key, leaf_id)
+    if kind == FULL:
+        return jax.random.normal(key, shape, jnp.float32)
+    key_a, key_b = jax.random.split(key)
+    (m, n), r = shape, config.rank
+    return {"a": jax.random.normal(key_a, (m, r), jnp.float32), "b": jax.random.normal(key_b, (n, r), jnp.float32)}
+
+
+def add_scaled(p: Array, scale: float | Array, delta: Array) -> Array:
+    """``p + scale * delta`` computed in float32, cast back to ``p.dtype``."""
+    return (p.astype(jnp.float32) + scale * delta).astype(p.dtype)
+
+
+def leaf_plan(config: ESConfig, params: PyTree) -> tuple[jax.tree_util.PyTreeDef, list[str], list[int]]:
+    """Static per-leaf facts: (treedef, kinds, leaf ids), aligned with ``jax.tree.leaves(params)``."""
+    paths = leaf_paths(params)
+    kinds = [leaf_kind(config, path, leaf) for path, leaf in zip(paths, jax.tree.leaves(params))]
+    return jax.tree.structure(params), kinds, leaf_ids(paths)
+
+
+def _materialise(p: Array, f: Array | dict[str, Array] | None) -> Array:
+    """Dense float32 eps for one leaf from its :func:`lowrank_factors` entry (zeros when frozen)."""
+    if f is None:
+        return jnp.zeros(p.shape, jnp.float32)
+    if isinstance(f, dict):
+        r = f["a"].shape[-1]
+        return jnp.matmul(f["a"], f["b"].T, precision=jax.lax.Precision.HIGHEST) / math.sqrt(r)
+    return f

@@ -1,0 +1,170 @@
+"""Training runs: exact resume after kill -9, settings validation, continual stages, esjax eval, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from esjax.cli import main
+from esjax.models import load_model
+from esjax.settings import SettingsError, load_settings
+from esjax.train import train
+
+TASK = "task.options={prompt_style: short, counts: [3], train_size: 40, test_size: 16}"
+
+
+def es_overrides(model_dir, iterations=6):
+    return [f"model.path={model_dir}", TASK, "task.eval_limit=8", f"train.iterations={iterations}",
+            "train.prompts_per_iteration=4", "train.eval_every=3", "train.checkpoint_every=3",
+            "sampling.max_new_tokens=6", "es.population_size=4", "es.sigma=0.02", "es.alpha=0.01",
+            "train.devices=2"]
+
+
+def grpo_overrides(model_dir, iterations=6):
+    return [f"model.path={model_dir}", "method=grpo", TASK, "task.eval_limit=8", f"train.iterations={iterations}",
+            "train.prompts_per_iteration=2", "train.eval_every=3", "train.checkpoint_every=3",
+            "sampling.max_new_tokens=6", "sampling.temperature=1.0", "grpo.num_generations=4",
+            "grpo.learning_rate=0.001", "train.devices=2"]
+
+
+KILLER = textwrap.dedent("""
+    import os, signal, sys
+    from esjax import checkpoint
+    from esjax.settings import load_settings
+    from esjax.train import train
+    save = checkpoint.RunCheckpoints.save
+    def save_then_die(self, iteration, state, meta):
+        save(self, iteration, state, meta)
+        if iteration == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+    checkpoint.RunCheckpoints.save = save_then_die
+    train(load_settings(None, sys.argv[2:]), sys.argv[1], progress=False)
+""")
+
+
+def leaves(path):
+    return jax.tree.leaves(load_model(path).params)
+
+
+@pytest.mark.parametrize("overrides", [es_overrides, grpo_overrides], ids=["es", "grpo"])
+def test_resume_after_sigkill_is_bitwise_identical(qwen2_dir, tmp_path, overrides):
+    args = overrides(qwen2_dir)
+    full = train(load_settings(None, args), tmp_path / "full", progress=False)
+    killed = tmp_path / "killed"
+    proc = subprocess.run([sys.executable, "-c", KILLER, str(killed), *args], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert not (killed / "summary.json").exists()
+    with pytest.raises(Exception, match="already exists"):
+        train(load_settings(None, args), killed, progress=False)
+    resumed = train(load_settings(None, args), killed, resume=True, progress=False)
+    for a, b in zip(leaves(full["final_model"]), leaves(resumed["final_model"])):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    full_lines = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    resumed_lines = (killed / "metrics.jsonl").read_text().splitlines()
+    strip = lambda lines: [{k: v for k, v in json.loads(l).items() if not k.startswith(("time/", "seconds"))}
+                           for l in lines]
+    assert strip(full_lines) == strip(resumed_lines)
+
+
+def test_settings_validation_names_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  iterations: 5\n  learning_rate: 3\n")
+    with pytest.raises(SettingsError, match=r"bad.yaml.*train.learning_rate"):
+        load_settings(bad)
+    bad.write_text("sampling:\n  temperature: hot\n")
+    with pytest.raises(SettingsError, match=r"bad.yaml.*sampling.temperature"):
+        load_settings(bad)
+    with pytest.raises(SettingsError, match="es: .*population_size"):
+        load_settings(None, ["es.population_size=7", "es.antithetic=true"])
+    s = load_settings(None, ["train.iterations=7", "es.sigma=2e-3", "task.options={counts: [3, 4]}",
+                             "sampling.temperature=1"])
+    assert s.train.iterations == 7 and s.es["sigma"] == 2e-3 and s.task.options == {"counts": [3, 4]}
+    assert isinstance(s.sampling.temperature, float)
+    with pytest.raises(SettingsError, match="KEY=VALUE"):
+        load_settings(None, ["train.iterations"])
+
+
+def test_continual_two_tasks_writes_matrices(qwen2_dir, tmp_path):
+    cfg = tmp_path / "continual.yaml"
+    cfg.write_text(textwrap.dedent(f"""
+        method: es
+        model: {{path: {qwen2_dir}}}
+        stages:
+          - {{name: countdown_procedural, options: {{prompt_style: short, counts: [3], train_size: 20, test_size: 8}},
+              iterations: 2, eval_limit: 6}}
+          - {{name: conciseness, iterations: 2, eval_limit: 6}}
+        sampling: {{max_new_tokens: 6}}
+        train: {{prompts_per_iteration: 2, eval_every: 0, checkpoint_every: 0, devices: 1}}
+        es: {{population_size: 4, sigma: 0.02, alpha: 0.01}}
+    """))
+    summary = train(load_settings(cfg), tmp_path / "run", progress=False)
+    matrices = json.loads((tmp_path / "run" / "accuracy_matrices.json").read_text())
+    assert matrices["tasks"] == ["countdown_procedural", "conciseness"]
+    for split in ("train", "test"):
+        m = np.asarray(matrices[split])
+        assert m.shape == (2, 2) and ((m >= 0) & (m <= 1)).all()
+        assert (tmp_path / "run" / f"accuracy_matrix_{split}.png").is_file()
+    assert sorted(p.name for p in (tmp_path / "run" / "stages").iterdir()) == ["0-countdown_procedural",
+                                                                              "1-conciseness"]
+    assert summary["final_model"].endswith("1-conciseness")
+
+
+def test_eval_matches_scoring_by_hand(qwen2_dir, capsys):
+    from esjax import tasks
+    from esjax.inference import generate_texts, sampling_for
+    from esjax.tokenizer import load_tokenizer
+    assert main(["eval", "--model", str(qwen2_dir), "--task", "conciseness", "--split", "test", "--limit", "6",
+                 "--max-new-tokens", "8", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    model = load_model(qwen2_dir)
+    tok = load_tokenizer(qwen2_dir)
+    task = tasks.get("conciseness")
+    examples = task.split("test")[:6]
+    texts, out = generate_texts(model.config, model.params, tok, [task.prompt(e) for e in examples],
+                                sampling_for(model.config, tok, max_new_tokens=8))
+    truncated = ~np.asarray(out.finished)
+    rewards = [task.reward(t, e, truncated=bool(tr))[0] for t, e, tr in zip(texts, examples, truncated)]
+    correct = [task.is_correct(t, e, truncated=bool(tr)) for t, e, tr in zip(texts, examples, truncated)]
+    assert result["num_examples"] == 6
+    assert result["accuracy"] == pytest.approx(np.mean(correct))
+    assert result["mean_reward"] == pytest.approx(np.mean(rewards))
+
+
+def test_cli_train_bad_input(qwen2_dir, tmp_path, capsys):
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "precious").write_text("x")
+    assert main(["train", "--out", str(out), "--set", f"model.path={qwen2_dir}", "--set", "train.devices=1"]) == 2
+    assert "already exists" in capsys.readouterr().err and (out / "precious").read_text() == "x"
+    assert main(["train", "--out", str(tmp_path / "r2"), "--set", f"model.path={tmp_path / 'nomodel'}",
+                 "--set", "train.devices=1"]) == 2
+    assert "nomodel" in capsys.readouterr().err
+
+
+def test_reward_that_raises_stops_cleanly(qwen2_dir, tmp_path, capsys):
+    user_task = tmp_path / "bad_task.py"
+    user_task.write_text(textwrap.dedent("""
+        from esjax.tasks import register
+        from esjax.tasks.conciseness import ConcisenessTask
+
+        @register("exploding", replace=True)
+        class Exploding(ConcisenessTask):
+            def reward(self, completion, example, truncated=False):
+                raise ZeroDivisionError("boom")
+    """))
+    args = ["train", "--out", str(tmp_path / "run"), "--no-progress", "--set", f"model.path={qwen2_dir}",
+            "--set", "task.name=exploding", "--set", f"task.file={user_task}", "--set", "task.eval_limit=2",
+            "--set", "sampling.max_new_tokens=4", "--set", "es.population_size=2", "--set", "train.iterations=2",
+            "--set", "train.prompts_per_iteration=2", "--set", "train.devices=1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "reward function raised ZeroDivisionError: boom" in err and err.count("\n") == 1
+    assert (tmp_path / "run" / "config.yaml").is_file()
