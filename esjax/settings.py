@@ -189,7 +189,8 @@ def _validate_method_config(settings: RunSettings, where: str) -> None:
         if settings.method == "es":
             es_config(settings).validate(mesh_devices(settings))
         else:
-            grpo_config(settings).validate(mesh_devices(settings))
+            grpo_config(settings).validate(mesh_devices(settings),
+                                           settings.train.prompts_per_iteration * grpo_config(settings).num_generations)
     except (TypeError, ValueError) as e:
         raise SettingsError(f"{where}: {settings.method}: {e}") from None
 

@@ -183,7 +183,7 @@ class Run:
             stage = self._stage_at(checkpoints.latest() - 1 if checkpoints.latest() else 0)
             method = self._method(stage, params)
             method_stage = stage.index
-            state, meta = checkpoints.restore(method.init(params, key))
+            state, meta = checkpoints.restore(method.init(params, jax.random.fold_in(key, stage.index)))
             start, records, matrices = meta["iteration"], meta["metrics"], meta["matrices"]
             self.log(f"resuming {self.out_dir} at iteration {start}/{total}")
         logger = MetricsLogger(self.out_dir, records)
