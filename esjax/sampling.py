@@ -65,14 +65,28 @@ def filter_logits(logits: Array, top_k: int, top_p: float) -> Array:
 
 
 def _next_token(logits: Array, key: Array, s: SamplingConfig) -> tuple[Array, Array]:
-    """(token int32 [B], its log-prob float32 [B]) from float32 logits [B, V]."""
+    """(token int32 [B], its log-prob float32 [B]) from float32 logits [B, V]; ``key`` is one key or one per row."""
     scaled = logits / (s.temperature if not s.greedy else 1.0)
     if s.greedy:
         token = jnp.argmax(logits, axis=-1)
+    elif key.ndim:
+        filtered = filter_logits(scaled, s.top_k, s.top_p)
+        token = jax.vmap(lambda k, row: jax.random.categorical(k, row))(key, filtered)
     else:
         token = jax.random.categorical(key, filter_logits(scaled, s.top_k, s.top_p), axis=-1)
     logp = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), token[:, None], axis=-1)[:, 0]
     return token.astype(jnp.int32), logp
+
+
+class Population(NamedTuple):
+    """Batch rows belong to ``size`` members (member-major: rows ``[m * B, (m + 1) * B)`` are member m's), and
+    every forward runs under ``vmap`` over members with these ``in_axes`` for the params and lowrank trees
+    (0: the leaf has a leading member axis, None: shared by all members). The loop itself is not vmapped, so the
+    KV cache is still written with one ``dynamic_update_slice`` per step."""
+
+    size: int
+    params_axes: Any
+    lowrank_axes: Any = None
 
 
 def init_cache(config: ModelConfig, batch: int, length: int, dtype: Any) -> tuple[dict[str, Array], ...]:
@@ -80,24 +94,47 @@ def init_cache(config: ModelConfig, batch: int, length: int, dtype: Any) -> tupl
     return tuple({"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(config.num_hidden_layers))
 
 
+def _forward_fn(model: Decoder, params: Params, lowrank: Params | None, population: Population | None):
+    """``fn(tokens, positions, kv_mask, cache, index) -> (last-position logits f32 [B, V], cache)``."""
+    def one(p, lr, tokens, positions, kv_mask, cache, index):
+        variables = {"params": p} | ({"lowrank": lr} if lr is not None else {})
+        hidden, cache = model.apply(variables, tokens, positions, kv_mask, cache, index)
+        return model.apply(variables, hidden[:, -1], method=Decoder.logits), cache
+
+    if population is None:
+        return lambda *args: one(params, lowrank, *args)
+    m = population.size
+    split = lambda x: x.reshape(m, x.shape[0] // m, *x.shape[1:])  # noqa: E731
+    merge = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
+    batched = jax.vmap(one, in_axes=(population.params_axes, population.lowrank_axes, 0, 0, 0, 0, None))
+
+    def fn(tokens, positions, kv_mask, cache, index):
+        logits, cache = batched(params, lowrank, split(tokens), split(positions), split(kv_mask),
+                                jax.tree.map(split, cache), index)
+        return merge(logits), jax.tree.map(merge, cache)
+    return fn
+
+
 def generate(config: ModelConfig, params: Params, prompt_tokens: Array, prompt_mask: Array, key: Array,
-             sampling: SamplingConfig, *, lowrank: Params | None = None, compute_dtype: Any = None) -> GenerateOutput:
+             sampling: SamplingConfig, *, lowrank: Params | None = None, compute_dtype: Any = None,
+             population: Population | None = None) -> GenerateOutput:
     """Decode up to ``sampling.max_new_tokens`` tokens after left-padded int32 prompts [B, P] with 0/1 mask [B, P].
 
-    Pure; jit with ``config`` and ``sampling`` static (:data:`generate_jit`). ``lowrank`` is an optional
-    per-matrix ``{"a", "b"}`` perturbation (see :mod:`esjax.models.decoder`); vmap over it to run a population.
+    Pure; jit with ``config`` and ``sampling`` static (:data:`generate_jit`). ``key`` is one PRNG key, or one per
+    row ([B] keys) so that a row's samples do not depend on the other rows. ``lowrank`` is an optional per-matrix
+    ``{"a", "b"}`` perturbation (see :mod:`esjax.models.decoder`); ``population`` runs several members' params
+    (and factors) over the member-major rows in one batched decode (see :class:`Population`).
     """
     dtype = jnp.dtype(compute_dtype or jax.tree.leaves(params)[0].dtype)
-    model = make_model(config, dtype=dtype)
-    variables = {"params": params} | ({"lowrank": lowrank} if lowrank is not None else {})
+    forward = _forward_fn(make_model(config, dtype=dtype), params, lowrank, population)
     batch, prompt_len = prompt_tokens.shape
     steps = sampling.max_new_tokens
     eos = jnp.asarray(sampling.eos_token_ids or (-1,), jnp.int32)
     kv_mask = jnp.concatenate([prompt_mask.astype(jnp.int32), jnp.zeros((batch, steps), jnp.int32)], axis=1)
-    hidden, cache = model.apply(variables, prompt_tokens, positions_from_mask(prompt_mask), kv_mask,
-                                init_cache(config, batch, prompt_len + steps, dtype), 0)
-    logits = model.apply(variables, hidden[:, -1], method=Decoder.logits)
+    logits, cache = forward(prompt_tokens, positions_from_mask(prompt_mask), kv_mask,
+                            init_cache(config, batch, prompt_len + steps, dtype), 0)
     next_pos = jnp.sum(prompt_mask, axis=1).astype(jnp.int32)
+    step_key = jax.vmap(jax.random.fold_in, in_axes=(0, None)) if key.ndim else jax.random.fold_in
 
     def cond(state):
         i, done = state[0], state[5]
@@ -105,7 +142,7 @@ def generate(config: ModelConfig, params: Params, prompt_tokens: Array, prompt_m
 
     def body(state):
         i, cache, kv_mask, logits, out, done, lengths = state
-        token, logp = _next_token(logits, jax.random.fold_in(key, i), sampling)
+        token, logp = _next_token(logits, step_key(key, i), sampling)
         token = jnp.where(done, sampling.pad_token_id, token)
         logp = jnp.where(done, 0.0, logp)
         out = (out[0].at[:, i].set(token), out[1].at[:, i].set(logp))
@@ -113,8 +150,7 @@ def generate(config: ModelConfig, params: Params, prompt_tokens: Array, prompt_m
         done = done | jnp.isin(token, eos)
         slot = prompt_len + i
         kv_mask = kv_mask.at[:, slot].set(1)
-        hidden, cache = model.apply(variables, token[:, None], (next_pos + i)[:, None], kv_mask, cache, slot)
-        logits = model.apply(variables, hidden[:, 0], method=Decoder.logits)
+        logits, cache = forward(token[:, None], (next_pos + i)[:, None], kv_mask, cache, slot)
         return i + 1, cache, kv_mask, logits, out, done, lengths
 
     out = (jnp.full((batch, steps), sampling.pad_token_id, jnp.int32), jnp.zeros((batch, steps), jnp.float32))

@@ -30,10 +30,10 @@ def test_lowrank_in_matmul_equals_materialised(non_matrix, rank):
         assert not np.allclose(factored, forward(CONFIG, PARAMS, TOKENS, MASK), atol=1e-3)
 
 
-@pytest.mark.parametrize("noise", ["full", "lowrank"])
-def test_rollout_identical_on_1_2_8_devices(noise):
+@pytest.mark.parametrize("noise, temperature", [("full", 0.0), ("lowrank", 0.0), ("lowrank", 1.0)])
+def test_rollout_identical_on_1_2_8_devices(noise, temperature):
     es = ESConfig(population_size=16, sigma=0.05, noise=noise, rank=2, antithetic=True)
-    sampling = SamplingConfig(max_new_tokens=8, pad_token_id=1)
+    sampling = SamplingConfig(max_new_tokens=8, pad_token_id=1, temperature=temperature)
     outs = []
     for n in (1, 2, 8):
         rollout = make_rollout(es, CONFIG, sampling, population_mesh(jax.devices()[:n]), PARAMS, TOKENS.shape)

@@ -17,10 +17,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from esjax.es.config import ESConfig
-from esjax.es.noise import lowrank_perturb, perturb
+from esjax.es.noise import FROZEN, FULL, leaf_plan, lowrank_perturb, perturb
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import Params
-from esjax.sampling import GenerateOutput, SamplingConfig, generate
+from esjax.sampling import GenerateOutput, Population, SamplingConfig, generate
 
 Array = jax.Array
 POPULATION_AXIS = "population"
@@ -34,15 +34,38 @@ def _strip_none(tree: Any) -> Any:
     return tree
 
 
-def member_rollout(es: ESConfig, model: ModelConfig, sampling: SamplingConfig, params: Params, run_key: Array,
-                   iteration: Array, tokens: Array, mask: Array, sample_key: Array, member: Array) -> GenerateOutput:
-    """One member's generation (vmap over ``member`` to run many): tokens [B, T] etc. for prompts [B, P]."""
-    key = jax.random.fold_in(sample_key, member)
-    if es.noise == "lowrank":
-        dense, lowrank = lowrank_perturb(es, params, run_key, iteration, member)
-        return generate(model, dense, tokens, mask, key, sampling, lowrank=_strip_none(lowrank),
-                        compute_dtype=jax.tree.leaves(params)[0].dtype)
-    return generate(model, perturb(es, params, run_key, iteration, member), tokens, mask, key, sampling)
+def population_params(es: ESConfig, params: Params, run_key: Array, iteration: Array,
+                      members: Array) -> tuple[Params, Params | None, Population]:
+    """Perturbed params (and low-rank factors) of ``members`` (int32 [M]) with a member axis only on the leaves
+    that differ between members: full rank copies every trained leaf; low rank shares every matrix and stacks just
+    the factors and the perturbed non-matrix leaves. Frozen leaves are never copied."""
+    treedef, kinds, _ = leaf_plan(es, params)
+    if es.noise == "full":
+        axes = jax.tree.unflatten(treedef, [None if k == FROZEN else 0 for k in kinds])
+        stacked = jax.vmap(lambda m: perturb(es, params, run_key, iteration, m), out_axes=axes)(members)
+        return stacked, None, Population(members.shape[0], axes)
+    axes = jax.tree.unflatten(treedef, [0 if k == FULL else None for k in kinds])
+    dense, lowrank = jax.vmap(lambda m: lowrank_perturb(es, params, run_key, iteration, m),
+                              out_axes=(axes, 0))(members)
+    return dense, _strip_none(lowrank), Population(members.shape[0], axes, 0)
+
+
+def member_row_keys(sample_key: Array, members: Array, batch: int) -> Array:
+    """One sampling key per (member, prompt) row, member-major [M * B]: independent of the device split."""
+    keys = jax.vmap(lambda m: jax.vmap(lambda b: jax.random.fold_in(jax.random.fold_in(sample_key, m), b))(
+        jnp.arange(batch)))(members)
+    return keys.reshape(-1)
+
+
+def rollout_members(es: ESConfig, model: ModelConfig, sampling: SamplingConfig, params: Params, run_key: Array,
+                    iteration: Array, tokens: Array, mask: Array, sample_key: Array, members: Array) -> GenerateOutput:
+    """Generations of ``members`` (int32 [M]) in one batched decode of M x B rows -> [M, B, ...] outputs."""
+    m, b = members.shape[0], tokens.shape[0]
+    stacked, lowrank, population = population_params(es, params, run_key, iteration, members)
+    rows = lambda x: jnp.tile(x, (m, 1))  # noqa: E731
+    out = generate(model, stacked, rows(tokens), rows(mask), member_row_keys(sample_key, members, b), sampling,
+                   lowrank=lowrank, compute_dtype=jax.tree.leaves(params)[0].dtype, population=population)
+    return jax.tree.map(lambda x: x.reshape(m, b, *x.shape[1:]), out)
 
 
 def local_chunk(es: ESConfig, local_members: int, param_bytes: int, member_bytes: int) -> int:
@@ -51,23 +74,29 @@ def local_chunk(es: ESConfig, local_members: int, param_bytes: int, member_bytes
         return local_members
     if es.population_chunk != "auto":
         return max(1, min(int(es.population_chunk), local_members))
+    divisors = [c for c in range(local_members, 0, -1) if local_members % c == 0]
     stats = jax.local_devices()[0].memory_stats() or {}
     limit = stats.get("bytes_limit")
     if not limit:  # CPU: host memory; keep perturbed copies to ~1 GiB
-        return max(1, min(local_members, (1 << 30) // max(1, param_bytes)))
-    free = 0.8 * limit - stats.get("bytes_in_use", 0)
-    return max(1, min(local_members, int(free // max(1, param_bytes + member_bytes))))
+        fits = (1 << 30) // max(1, param_bytes)
+    else:
+        fits = int((0.8 * limit - stats.get("bytes_in_use", 0)) // max(1, param_bytes + member_bytes))
+    return next((c for c in divisors if c <= fits), 1)
 
 
 def rollout_population(es: ESConfig, model: ModelConfig, sampling: SamplingConfig, params: Params, run_key: Array,
                        iteration: Array, tokens: Array, mask: Array, sample_key: Array, members: Array,
                        chunk: int) -> GenerateOutput:
-    """Generations of ``members`` (int32 [M]) -> GenerateOutput with a leading member axis [M, B, ...]."""
-    def one(member):
-        return member_rollout(es, model, sampling, params, run_key, iteration, tokens, mask, sample_key, member)
-    if chunk >= members.shape[0]:
-        return jax.vmap(one)(members)
-    return jax.lax.map(one, members, batch_size=chunk)
+    """Generations of ``members`` (int32 [M]), ``chunk`` members per batched decode -> outputs [M, B, ...]."""
+    def run(ms):
+        return rollout_members(es, model, sampling, params, run_key, iteration, tokens, mask, sample_key, ms)
+    m = members.shape[0]
+    if chunk >= m:
+        return run(members)
+    if m % chunk:
+        raise ValueError(f"population_chunk={chunk} must divide the {m} members of a device")
+    out = jax.lax.map(run, members.reshape(m // chunk, chunk))
+    return jax.tree.map(lambda x: x.reshape(m, *x.shape[2:]), out)
 
 
 def population_mesh(devices: Any = None) -> Mesh:
