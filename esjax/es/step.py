@@ -40,8 +40,13 @@ def make_runner(config: ESConfig, model: ModelConfig, sampling: SamplingConfig, 
 
 
 def es_init(runner: ESRunner, params: Params, run_key: jax.Array) -> ESState:
-    """The initial state, replicated over the mesh (every device holds the full params)."""
-    return jax.device_put(init_state(runner.config, params, run_key), runner.replicated)
+    """The initial state, replicated over the mesh (every device holds the full params).
+
+    The state owns fresh buffers (the update donates them), so the caller's ``params`` stay valid; drop them to
+    keep one copy of the model in memory.
+    """
+    state = init_state(runner.config, params, run_key)
+    return jax.jit(lambda s: jax.tree.map(jnp.copy, s), out_shardings=runner.replicated)(state)
 
 
 def es_step(runner: ESRunner, state: ESState, tokens: np.ndarray, mask: np.ndarray,
