@@ -66,25 +66,14 @@ def eval_examples(task: Any = None, settings: dict[str, Any] | None = None) -> l
 
 def evaluate_greedy(config: Any, params: Any, tokenizer: Any, task: Any, examples: Sequence[dict[str, Any]],
                     max_new_tokens: int, batch_size: int = 200) -> dict[str, Any]:
-    """Greedy accuracy and mean reward of ``params`` on ``examples``, in batches of ``batch_size`` prompts.
-
-    Returns {"accuracy", "mean_reward", "mean_format", "truncated", "n", "completions"}.
-    """
-    from esjax.inference import generate_texts, sampling_for
+    """Greedy accuracy and mean reward of ``params`` on ``examples`` (:func:`esjax.evaluate.evaluate`) as a dict:
+    {"accuracy", "mean_reward", "mean_format", "truncated", "n", "completions"}."""
+    from esjax.evaluate import PromptSet, evaluate
+    from esjax.inference import sampling_for
 
     sampling = sampling_for(config, tokenizer, max_new_tokens=max_new_tokens)
-    completions, rewards, formats, correct, truncated = [], [], [], 0, 0
-    for start in range(0, len(examples), batch_size):
-        batch = examples[start:start + batch_size]
-        texts, out = generate_texts(config, params, tokenizer, [task.render_prompt(e, tokenizer) for e in batch],
-                                    sampling)
-        for text, example, done in zip(texts, batch, out.finished.tolist()):
-            reward, parts = task.reward(text, example, truncated=not done)
-            correct += int(task.is_correct(text, example, truncated=not done))
-            rewards.append(reward)
-            formats.append(parts.get("format", 0.0))
-            truncated += int(not done)
-            completions.append(text)
-    n = max(len(examples), 1)
-    return {"accuracy": correct / n, "mean_reward": sum(rewards) / n, "mean_format": sum(formats) / n,
-            "truncated": truncated, "n": len(examples), "completions": completions}
+    result = evaluate(config, params, tokenizer, task, PromptSet(task, tokenizer, examples, sampling.pad_token_id),
+                      sampling, batch_size)
+    return {"accuracy": result.accuracy, "mean_reward": result.mean_reward,
+            "mean_format": result.mean_parts.get("format", 0.0), "truncated": result.truncated,
+            "n": result.num_examples, "completions": result.texts}

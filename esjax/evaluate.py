@@ -22,6 +22,8 @@ class EvalResult:
     mean_reward: float
     num_examples: int
     mean_length: float
+    mean_parts: dict[str, float] = dataclasses.field(default_factory=dict)  # e.g. {"format": .., "answer": ..}
+    truncated: int = 0  # completions that hit the token limit without an EOS
     texts: list[str] = dataclasses.field(default_factory=list, repr=False)
     correct: list[bool] = dataclasses.field(default_factory=list, repr=False)
 
@@ -53,7 +55,7 @@ def evaluate(config: ModelConfig, params: Params, tokenizer: Any, task: Any, pro
     sampling = dataclasses.replace(sampling, temperature=0.0)
     n = len(prompts)
     batch = min(batch_size, n)
-    rewards, correct, lengths, texts = [], [], [], []
+    rewards, correct, lengths, texts, parts, truncated = [], [], [], [], [], 0
     for start in range(0, n, batch):
         index = np.arange(start, start + batch) % n  # the last batch wraps around to keep the shape
         tokens, mask = prompts.rows(index)
@@ -65,9 +67,13 @@ def evaluate(config: ModelConfig, params: Params, tokenizer: Any, task: Any, pro
         correct.append(scores.correct)
         lengths.append(scores.lengths)
         texts += scores.texts
+        parts.append(scores.parts)
+        truncated += int(scores.truncated.sum())
         if progress is not None:
             progress.update(keep.stop)
     rewards_all, correct_all = np.concatenate(rewards), np.concatenate(correct)
+    mean_parts = {name: float(np.nanmean(np.concatenate([p[name] for p in parts if name in p])))
+                  for name in dict.fromkeys(k for p in parts for k in p)}
     return EvalResult(accuracy=float(correct_all.mean()), mean_reward=float(np.nanmean(rewards_all)),
-                      num_examples=n, mean_length=float(np.concatenate(lengths).mean()), texts=texts,
-                      correct=correct_all.tolist())
+                      num_examples=n, mean_length=float(np.concatenate(lengths).mean()), mean_parts=mean_parts,
+                      truncated=truncated, texts=texts, correct=correct_all.tolist())

@@ -17,6 +17,8 @@ class Scores(NamedTuple):
     correct: np.ndarray  # bool [K]
     lengths: np.ndarray  # int32 [K] generated tokens
     texts: list[str]
+    parts: dict[str, np.ndarray]  # float32 [K] per reward part (e.g. "format", "answer"); NaN where a row lacks it
+    truncated: np.ndarray  # bool [K]: hit the token limit without an EOS
 
 
 def score_rows(task: Any, tokenizer: Any, examples: Sequence[dict], example_index: np.ndarray, tokens: np.ndarray,
@@ -31,13 +33,16 @@ def score_rows(task: Any, tokenizer: Any, examples: Sequence[dict], example_inde
     texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
     rewards = np.empty(len(texts), np.float32)
     correct = np.zeros(len(texts), bool)
+    parts: dict[str, np.ndarray] = {}
     for k, (text, i, done) in enumerate(zip(texts, np.asarray(example_index), np.asarray(finished))):
         example = examples[int(i)]
         try:
-            reward, _ = task.reward(text, example, truncated=not bool(done))
+            reward, row_parts = task.reward(text, example, truncated=not bool(done))
             correct[k] = task.is_correct(text, example, truncated=not bool(done))
         except Exception as e:  # user-supplied reward code
             raise RewardError(f"task {getattr(task, 'name', task)!r}: reward function raised "
                               f"{type(e).__name__}: {e} (completion {text[:80]!r})") from e
         rewards[k] = reward if isinstance(reward, (int, float)) and math.isfinite(reward) else np.nan
-    return Scores(rewards, correct, np.asarray(lengths, np.int32), texts)
+        for name, value in (row_parts or {}).items():
+            parts.setdefault(name, np.full(len(texts), np.nan, np.float32))[k] = value
+    return Scores(rewards, correct, np.asarray(lengths, np.int32), texts, parts, ~np.asarray(finished, bool))
