@@ -97,7 +97,7 @@ def main() -> None:
         hf_s = hf_generate_seconds(config, params, args.batch, prompt, args.new_tokens, args.repeats)
         result |= {"transformers_generate_s": round(hf_s, 4), "transformers_tokens_per_s": round(generated / hf_s, 1),
                    "speedup_vs_transformers": round(hf_s / best, 2)}
-    out = args.out or Path(__file__).parent / "results" / f"generate-{args.shape}-{result['platform']}.json"
+    out = args.out or Path(__file__).parent / f"generate-{args.shape}-{result['platform']}.json"
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     write_result(out, result)
 
