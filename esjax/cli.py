@@ -215,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one machine-readable JSON line")
     p.set_defaults(func=cmd_eval)
 
+    from esjax.analysis.cli import add_parser as add_analyze_parser
+    add_analyze_parser(sub)
+
     p = sub.add_parser("demo", help="ES fine-tuning of the embedded tiny model on Countdown (CPU, minutes)")
     p.add_argument("--out", default=None, metavar="DIR", help="run directory (default runs/demo-<time>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a demo setting")
