@@ -72,7 +72,8 @@ class TrainSettings:
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     eval_batch_size: int = 256
-    devices: int | None = None  # devices on the population/data axis (None: all)
+    devices: int | None = None  # devices on the population/data axis (None: all / model_parallel)
+    model_parallel: int = 1  # devices per tensor-parallel group: the mesh's "model" axis (esjax.distributed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,6 +180,10 @@ def load_settings(path: str | Path | None, overrides: list[str] | tuple[str, ...
     settings = from_dict(RunSettings, data, where)
     if settings.task is not None and settings.stages:
         raise SettingsError(f"{where}: give either 'task' or 'stages', not both")
+    if settings.train.model_parallel < 1:
+        raise SettingsError(f"{where}: 'train.model_parallel' must be >= 1, got {settings.train.model_parallel}")
+    if settings.train.devices is not None and settings.train.devices < 1:
+        raise SettingsError(f"{where}: 'train.devices' must be >= 1, got {settings.train.devices}")
     _validate_method_config(settings, where)
     return settings
 
@@ -196,17 +201,19 @@ def _validate_method_config(settings: RunSettings, where: str) -> None:
 
 
 def mesh_devices(settings: RunSettings) -> int:
-    """Devices on the population (ES) / data (GRPO) axis: ``train.devices``, or by default the most visible
-    devices that split the population (ES: N, or N/2 antithetic pairs; GRPO: the rollout batch) evenly."""
+    """Devices on the population (ES) / data (GRPO) axis: ``train.devices``, or by default the most of the
+    ``device_count / train.model_parallel`` model groups that split the population (ES: N, or N/2 antithetic
+    pairs; GRPO: the rollout batch) evenly."""
     import jax
     if settings.train.devices is not None:
         return settings.train.devices
+    groups = max(1, jax.device_count() // settings.train.model_parallel)
     if settings.method == "es":
         cfg = es_config(settings)
         units = cfg.population_size // (2 if cfg.antithetic else 1)
     else:
         units = settings.train.prompts_per_iteration * grpo_config(settings).num_generations
-    return max(d for d in range(1, jax.device_count() + 1) if units % d == 0)
+    return max(d for d in range(1, groups + 1) if units % d == 0)
 
 
 def es_config(settings: RunSettings):

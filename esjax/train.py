@@ -17,6 +17,7 @@ from typing import Any, Callable, Protocol
 import jax
 import numpy as np
 
+from esjax import distributed
 from esjax.checkpoint import RunCheckpoints
 from esjax.evaluate import EvalResult, PromptSet, evaluate
 from esjax.inference import sampling_for
@@ -94,10 +95,12 @@ def make_method(settings: RunSettings, model_config, tokenizer, mesh, params: Pa
     return GRPOMethod(grpo_config(settings), model_config, sampling, mesh, params, batch_shape)
 
 
-def make_mesh(devices: int, axis: str) -> jax.sharding.Mesh:
-    if devices > jax.device_count():
-        raise ValueError(f"train.devices={devices} but only {jax.device_count()} devices are visible")
-    return jax.sharding.Mesh(np.asarray(jax.devices()[:devices]), (axis,))
+def make_mesh(devices: int, axis: str, model_parallel: int = 1) -> jax.sharding.Mesh:
+    """``devices`` on the population/data ``axis`` x ``model_parallel`` on a "model" axis (omitted when 1)."""
+    if devices * model_parallel > jax.device_count():
+        raise ValueError(f"train.devices={devices} x train.model_parallel={model_parallel} but only "
+                         f"{jax.device_count()} devices are visible")
+    return distributed.run_mesh("es" if axis == "population" else "grpo", devices, model_parallel)
 
 
 def prepare_run_dir(out_dir: Path, settings: RunSettings, resume: bool) -> None:
@@ -114,15 +117,37 @@ def prepare_run_dir(out_dir: Path, settings: RunSettings, resume: bool) -> None:
         raise RunDirError(f"{out_dir}: cannot write the run directory ({e.strerror or e})") from None
 
 
+def _prepare_run_dir_once(out_dir: Path, settings: RunSettings, resume: bool) -> None:
+    """:func:`prepare_run_dir` on process 0 only (a shared file system is assumed); the others wait for its
+    verdict, so that every process fails, or none does."""
+    if jax.process_count() == 1:
+        return prepare_run_dir(out_dir, settings, resume)
+    error = ""
+    if distributed.is_main_process():
+        try:
+            prepare_run_dir(out_dir, settings, resume)
+        except RunDirError as e:
+            error = str(e)
+    code = np.frombuffer(error.encode()[:4000].ljust(4000, b"\0"), np.uint8)
+    message = bytes(distributed.broadcast_from_main(code)).rstrip(b"\0").decode(errors="replace")
+    if message:
+        raise RunDirError(message)
+
+
 class Run:
     """A training run in ``out_dir``; :meth:`run` trains to the end (resuming from the last checkpoint if asked)."""
 
     def __init__(self, settings: RunSettings, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
                  log: Callable[[str], None] = print):
-        self.settings, self.out_dir, self.progress, self.log = settings, Path(out_dir), progress, log
-        prepare_run_dir(self.out_dir, settings, resume)
+        self.settings, self.out_dir, self.progress = settings, Path(out_dir), progress
+        self.log = log if distributed.is_main_process() else (lambda _: None)
+        _prepare_run_dir_once(self.out_dir, settings, resume)
         self.resume = resume
-        model = load_model(resolve_model_path(settings.model.path), dtype=settings.model.dtype)
+        self.mesh = make_mesh(mesh_devices(settings), "population" if settings.method == "es" else "data",
+                              settings.train.model_parallel)
+        # params are born on the mesh: replicated over population/data, split over "model" by the partition rules
+        model = load_model(resolve_model_path(settings.model.path), dtype=settings.model.dtype,
+                           sharding=lambda config: distributed.param_shardings(self.mesh, config))
         if model.tokenizer_dir is None:
             raise RunDirError(f"{settings.model.path}: the model has no tokenizer files")
         from esjax.tokenizer import load_tokenizer
@@ -130,7 +155,6 @@ class Run:
         self.eval_sampling = sampling_for(model.config, self.tokenizer, temperature=0.0, max_new_tokens=(
             settings.sampling.eval_max_new_tokens or settings.sampling.max_new_tokens))
         self.stages = self._build_stages()
-        self.mesh = make_mesh(mesh_devices(settings), "population" if settings.method == "es" else "data")
 
     def _build_stages(self) -> list[Stage]:
         stages, begin = [], 0

@@ -14,7 +14,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
 from esjax.es.config import ESConfig
 from esjax.es.noise import FROZEN, FULL, leaf_plan, lowrank_perturb, perturb
@@ -23,7 +23,7 @@ from esjax.models.decoder import Params
 from esjax.sampling import GenerateOutput, Population, SamplingConfig, generate
 
 Array = jax.Array
-POPULATION_AXIS = "population"
+POPULATION_AXIS, MODEL_AXIS = "population", "model"
 
 
 def _strip_none(tree: Any) -> Any:
@@ -122,27 +122,27 @@ def make_rollout(es: ESConfig, model: ModelConfig, sampling: SamplingConfig, mes
 
     Members are split evenly over the mesh's population axis (``es.validate`` checks divisibility); the output
     stays sharded along members, so each process reads back only the completions of its own devices' members.
+    A ``model`` axis, if the mesh has one, is left to the compiler: ``shard_map`` is manual over the population
+    axis only (``axis_names``), so inside a member group the params keep their model sharding (tensor parallel,
+    see :mod:`esjax.distributed`) and each population shard's decode loop still stops on its own.
     """
     n_dev = mesh.shape[POPULATION_AXIS]
     es.validate(n_dev)
     local = es.population_size // n_dev
-    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    model_size = mesh.shape.get(MODEL_AXIS, 1)
+    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params)) // model_size
     batch, prompt = batch_shape
     kv_bytes = (2 * model.num_hidden_layers * model.num_key_value_heads * model.head_dim
                 * jnp.dtype(jax.tree.leaves(params)[0].dtype).itemsize * batch * (prompt + sampling.max_new_tokens))
     chunk = local_chunk(es, local, param_bytes, kv_bytes)
 
-    def body(params, run_key, iteration, tokens, mask, sample_key, members):
+    def body(params, run_key, iteration, tokens, mask, sample_key):
+        # this device's global member ids (no array is closed over: fine on a multi-process mesh)
+        members = jax.lax.axis_index(POPULATION_AXIS) * local + jnp.arange(local, dtype=jnp.int32)
         return rollout_population(es, model, sampling, params, run_key, iteration, tokens, mask, sample_key,
                                   members, chunk)
 
-    sharded = jax.shard_map(body, mesh=mesh, in_specs=(P(), P(), P(), P(), P(), P(), P(POPULATION_AXIS)),
-                            out_specs=P(POPULATION_AXIS), check_vma=False)
-    members = jax.device_put(jnp.arange(es.population_size, dtype=jnp.int32),
-                             NamedSharding(mesh, P(POPULATION_AXIS)))
-
-    @jax.jit
-    def rollout(params, run_key, iteration, tokens, mask, sample_key):
-        return sharded(params, run_key, iteration, tokens, mask, sample_key, members)
+    rollout = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=P(), out_specs=P(POPULATION_AXIS), check_vma=False,
+                                    axis_names={POPULATION_AXIS}))
 
     return Rollout(rollout, chunk)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from esjax import distributed
 from esjax.es.config import ESConfig
 from esjax.es.population import POPULATION_AXIS, Rollout, make_rollout
 from esjax.es.update import ESState, init_state, update_state
@@ -29,24 +30,31 @@ class ESRunner(NamedTuple):
     rollout: Rollout
     update: Callable[[ESState, jax.Array], tuple[ESState, dict]]
     replicated: NamedSharding
+    state_sharding: Any = None  # the ESState's shardings: replicated, or split over a "model" mesh axis
 
 
 def make_runner(config: ESConfig, model: ModelConfig, sampling: SamplingConfig, mesh: Mesh, params: Params,
                 batch_shape: tuple[int, int]) -> ESRunner:
-    """Compile-once functions for prompts of ``batch_shape`` = (B, P); the update runs replicated on every device."""
+    """Compile-once functions for prompts of ``batch_shape`` = (B, P); the update runs replicated on every device
+    (every device of a ``model`` group holds its slice of each split leaf and regenerates just that slice)."""
     rollout = make_rollout(config, model, sampling, mesh, params, batch_shape)
-    update = jax.jit(functools.partial(update_state, config), donate_argnums=0)
-    return ESRunner(config, rollout, update, NamedSharding(mesh, P()))
+    replicated = NamedSharding(mesh, P())
+    shapes = jax.eval_shape(lambda p: init_state(config, p, jax.random.key(0)), params)
+    state_sharding = distributed.tree_shardings(mesh, shapes, model)
+    update = jax.jit(functools.partial(update_state, config), donate_argnums=0,
+                     out_shardings=(state_sharding, replicated))
+    return ESRunner(config, rollout, update, replicated, state_sharding)
 
 
 def es_init(runner: ESRunner, params: Params, run_key: jax.Array) -> ESState:
-    """The initial state, replicated over the mesh (every device holds the full params).
+    """The initial state on the mesh (params replicated over the population axis, split over a model axis).
 
     The state owns fresh buffers (the update donates them), so the caller's ``params`` stay valid; drop them to
     keep one copy of the model in memory.
     """
     state = init_state(runner.config, params, run_key)
-    return jax.jit(lambda s: jax.tree.map(jnp.copy, s), out_shardings=runner.replicated)(state)
+    sharding = runner.state_sharding or runner.replicated
+    return jax.jit(lambda s: jax.tree.map(jnp.copy, s), out_shardings=sharding)(state)
 
 
 def es_step(runner: ESRunner, state: ESState, tokens: np.ndarray, mask: np.ndarray,
@@ -54,27 +62,38 @@ def es_step(runner: ESRunner, state: ESState, tokens: np.ndarray, mask: np.ndarr
     """One iteration: every member generates for the B prompts, rows are scored on the host, fitness_i = member i's
     mean reward over the prompts (NaN if any reward is NaN: shaping then ranks it worst), then the ES update.
 
-    Only the N fitness values enter the update; each device regenerates the noise it needs from the seeds.
+    Only the N fitness values enter the update; each device regenerates the noise it needs from the seeds. With
+    several processes each one reads back and scores only its own devices' members; the N fitness values (and
+    per-member statistics for the metrics) are then all-gathered, so every process applies the same update.
     """
     n = runner.config.population_size
     t0 = time.perf_counter()
     sample_key = jax.random.fold_in(jax.random.fold_in(state.run_key, 0x5A3B), state.iteration)
-    out = runner.rollout(state.params, state.run_key, state.iteration, jnp.asarray(tokens), jnp.asarray(mask),
-                         sample_key)
-    gen_tokens, lengths, finished = jax.device_get((out.tokens, out.lengths, out.finished))
+    mesh = runner.replicated.mesh
+    out = runner.rollout(state.params, state.run_key, state.iteration, distributed.replicate(tokens, mesh),
+                         distributed.replicate(mask, mesh), sample_key)
+    members, (gen_tokens, lengths, finished) = distributed.addressable_rows(out.tokens, out.lengths, out.finished)
     t1 = time.perf_counter()
-    batch = tokens.shape[0]
-    rewards, correct = score_fn(gen_tokens.reshape(n * batch, -1), lengths.reshape(-1), finished.reshape(-1),
-                                np.tile(np.arange(batch), n))
-    fitness = np.asarray(rewards, np.float32).reshape(n, batch).mean(axis=1)
+    batch, m = tokens.shape[0], members.shape[0]
+    rewards, correct = score_fn(gen_tokens.reshape(m * batch, -1), lengths.reshape(-1), finished.reshape(-1),
+                                np.tile(np.arange(batch), m))
+    rewards = np.asarray(rewards, np.float32).reshape(m, batch)
+    finite = np.isfinite(rewards)
+    clean = np.where(finite, rewards, 0.0).astype(np.float64)
+    stats = np.stack([rewards.mean(axis=1).astype(np.float64), clean.sum(1), (clean ** 2).sum(1), finite.sum(1),
+                      np.asarray(correct).reshape(m, batch).sum(1), lengths.reshape(m, batch).sum(1)], axis=1)
+    stats = distributed.gather_rows(members, stats, n)  # [N, 6]: the only host-to-host traffic
+    fitness = stats[:, 0].astype(np.float32)
     t2 = time.perf_counter()
-    state, metrics = runner.update(state, jax.device_put(fitness, runner.replicated))
+    state, metrics = runner.update(state, distributed.replicate(fitness, mesh))
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     t3 = time.perf_counter()
+    count, rows = stats[:, 3].sum(), n * batch
+    mean = stats[:, 1].sum() / count if count else float("nan")
+    std = float(np.sqrt(max(stats[:, 2].sum() / count - mean ** 2, 0.0))) if count else float("nan")
     return state, {
-        "reward_mean": float(np.nanmean(rewards)) if np.isfinite(rewards).any() else float("nan"),
-        "reward_std": float(np.nanstd(rewards)) if np.isfinite(rewards).any() else float("nan"),
-        "accuracy": float(np.mean(correct)), "completion_length": float(lengths.mean()),
+        "reward_mean": float(mean), "reward_std": std,
+        "accuracy": float(stats[:, 4].sum() / rows), "completion_length": float(stats[:, 5].sum() / rows),
         **{f"es/{k}": v for k, v in metrics.items()},
         "time/rollout_s": t1 - t0, "time/score_s": t2 - t1, "time/update_s": t3 - t2,
         "samples_per_iteration": n * batch,

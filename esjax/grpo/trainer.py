@@ -7,7 +7,10 @@ One step, as :func:`grpo_step` ties it together::
     state, metrics = trainer.train(state, tokens, mask, out.tokens, rewards)   # device: loss, grads, update
 
 The batch (``K = num_prompts * G`` rows, the G completions of a prompt adjacent) is sharded along the mesh's
-``"data"`` axis and the parameters are replicated. Everything inside :func:`train_on_rollout` is written for the
+``"data"`` axis and the parameters are replicated over it; a second mesh axis ``"model"`` splits the parameters,
+their optimizer moments and master copy by :data:`esjax.distributed.PARTITION_RULES` (tensor parallel, the
+compiler inserts the collectives). With several processes each one places and scores only its own rows and the
+K rewards are all-gathered. Everything inside :func:`train_on_rollout` is written for the
 GLOBAL batch under ``jax.jit``: every mean and every token count (``grpo``'s per-sequence mean, ``bnpo``'s and
 ``dapo``'s token counts, the advantages' group statistics) is a reduction over the whole sharded array, which
 XLA turns into per-device partial sums plus an all-reduce. The loss is therefore the global loss and its gradient
@@ -37,16 +40,17 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from esjax import distributed
 from esjax.grpo.advantages import SCALES, group_advantages
 from esjax.grpo.logprobs import token_logps
 from esjax.grpo.losses import LOSS_TYPES, completion_mask, policy_loss
 from esjax.models.config import ModelConfig
-from esjax.models.decoder import Params, hidden_states, logits_from_hidden
+from esjax.models.decoder import Params, hidden_states, logits_from_hidden, param_shapes
 from esjax.sampling import GenerateOutput, SamplingConfig, generate
 
 Array = jax.Array
 PyTree = Any
-DATA_AXIS = "data"
+DATA_AXIS, MODEL_AXIS = "data", "model"
 LR_SCHEDULES = ("constant", "cosine", "linear")
 ScoreFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
@@ -391,20 +395,31 @@ class GRPOTrainer(NamedTuple):
     def sharded(self) -> NamedSharding:
         return NamedSharding(self.mesh, P(DATA_AXIS))
 
+    @property
+    def data_devices(self) -> int:
+        return self.mesh.shape[DATA_AXIS]
+
+    def state_sharding(self, tree: PyTree) -> PyTree:
+        """Shardings of a params-like tree or a :class:`GRPOState` (replicated; split over ``"model"``)."""
+        return distributed.tree_shardings(self.mesh, tree, self.model_config)
+
+    def place_state(self, state: GRPOState) -> GRPOState:
+        return jax.tree.map(distributed.put_global, state, self.state_sharding(state))
+
     def _check(self, rows: int) -> None:
-        self.config.validate(self.mesh.size, rows)
+        self.config.validate(self.data_devices, rows)
 
     def rollout(self, params: Params, tokens: Any, mask: Any, key: Array) -> GenerateOutput:
         self._check(tokens.shape[0])
-        put = functools.partial(jax.device_put, device=self.sharded)
-        return self.rollout_fn(jax.device_put(params, self.replicated), put(tokens), put(mask),
-                               jax.device_put(key, self.replicated))
+        put = functools.partial(distributed.put_global, sharding=self.sharded)
+        return self.rollout_fn(self.place_state(params), put(tokens), put(mask),
+                               distributed.put_global(key, self.replicated))
 
     def train(self, state: GRPOState, prompt_tokens: Any, prompt_mask: Any, completions: Any,
               rewards: Any) -> tuple[GRPOState, dict[str, Array]]:
         self._check(prompt_tokens.shape[0])
-        put = functools.partial(jax.device_put, device=self.sharded)
-        return self.train_fn(jax.device_put(state, self.replicated), put(prompt_tokens), put(prompt_mask),
+        put = functools.partial(distributed.put_global, sharding=self.sharded)
+        return self.train_fn(self.place_state(state), put(prompt_tokens), put(prompt_mask),
                              put(completions), put(rewards if isinstance(rewards, jax.Array) else
                                                    np.asarray(rewards, np.float32)))
 
@@ -420,21 +435,32 @@ def make_trainer(config: GRPOConfig, model_config: ModelConfig, sampling: Sampli
         raise ValueError("GRPO needs sampling (temperature > 0): greedy completions of a prompt are identical, "
                          "so every advantage would be 0.")
     mesh = data_mesh() if mesh is None else mesh
-    if mesh.axis_names != (DATA_AXIS,):
-        raise ValueError(f"mesh must be 1-D with axis {DATA_AXIS!r} (see data_mesh), got {mesh.axis_names}.")
-    config.validate(mesh.size)
+    if mesh.axis_names not in ((DATA_AXIS,), (DATA_AXIS, MODEL_AXIS)):
+        raise ValueError(f"mesh axes must be ({DATA_AXIS!r},) or ({DATA_AXIS!r}, {MODEL_AXIS!r}) (see data_mesh, "
+                         f"esjax.distributed.build_mesh), got {mesh.axis_names}.")
+    config.validate(mesh.shape[DATA_AXIS])
     repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
-    rollout_fn = jax.jit(functools.partial(rollout, model_config, sampling), in_shardings=(repl, data, data, repl),
+    params_sharding = distributed.tree_shardings(mesh, param_shapes(model_config), model_config)
+    rollout_fn = jax.jit(functools.partial(rollout, model_config, sampling),
+                         in_shardings=(params_sharding, data, data, repl),
                          out_shardings=GenerateOutput(data, data, data, data), compiler_options=compiler_options)
-    train_fn = jax.jit(functools.partial(train_on_rollout, config, model_config, sampling), donate_argnums=0,
-                       in_shardings=(repl, data, data, data, data), out_shardings=(repl, repl),
-                       compiler_options=compiler_options)
+    train = functools.partial(train_on_rollout, config, model_config, sampling)
+    compiled: dict[Any, Callable] = {}
+
+    def train_fn(state, *batch):  # jitted once per state structure, with the state's own shardings
+        key = jax.tree.structure(state)
+        if key not in compiled:
+            shardings = distributed.tree_shardings(mesh, state, model_config)
+            compiled[key] = jax.jit(train, donate_argnums=0, in_shardings=(shardings, data, data, data, data),
+                                    out_shardings=(shardings, repl), compiler_options=compiler_options)
+        return compiled[key](state, *batch)
+
     return GRPOTrainer(config, model_config, sampling, mesh, rollout_fn, train_fn)
 
 
 def _to_host(x: Array) -> np.ndarray:
     """The whole global array on this host (gathered over processes when it is not fully addressable)."""
-    if getattr(x, "is_fully_addressable", True):
+    if getattr(x, "is_fully_addressable", True) or x.is_fully_replicated:
         return np.asarray(x)
     from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
@@ -455,13 +481,16 @@ def reward_metrics(rewards: np.ndarray, group_size: int) -> dict[str, float]:
 
 
 def grpo_step(trainer: GRPOTrainer, state: GRPOState, tokens: Any, mask: Any, key: Array,
-              score_fn: ScoreFn) -> tuple[GRPOState, dict[str, float]]:
+              score_fn: ScoreFn, *, pass_rows: bool = False) -> tuple[GRPOState, dict[str, float]]:
     """Rollout, host scoring, training: one GRPO step (``num_iterations`` optimizer steps).
 
     Args:
-        tokens, mask: int [K, P] left-padded prompts, each repeated G times consecutively.
-        score_fn: ``(completion_tokens int32 [K, T], lengths int32 [K], finished bool [K]) -> rewards [K]``,
-            numpy in and out; NaN marks a reward that failed.
+        tokens, mask: int [K, P] left-padded prompts, each repeated G times consecutively (the global batch,
+            the same on every process; each process places only its own devices' rows).
+        score_fn: ``(completion_tokens int32 [R, T], lengths int32 [R], finished bool [R]) -> rewards [R]``,
+            numpy in and out, for the R rows this process generated (all K rows with one process); NaN marks a
+            reward that failed. With ``pass_rows`` it also gets the rows' global indices int [R] as a fourth
+            argument. The K rewards are then all-gathered, so every process trains on the same batch.
 
     Returns:
         ``(state, metrics)``: the donated-and-updated state and Python floats: reward_mean, reward_std,
@@ -469,13 +498,16 @@ def grpo_step(trainer: GRPOTrainer, state: GRPOState, tokens: Any, mask: Any, ke
         and the means over the optimizer steps of :func:`train_on_rollout`'s metrics.
     """
     out = trainer.rollout(state.params, tokens, mask, key)
-    completions, lengths, finished = (_to_host(x) for x in (out.tokens, out.lengths, out.finished))
-    rewards = np.asarray(score_fn(completions, lengths, finished), np.float32).reshape(-1)
-    rewards = np.where(np.isfinite(rewards), rewards, np.nan).astype(np.float32)  # +-inf counts as failed too
-    if rewards.shape != (completions.shape[0],):
-        raise ValueError(f"score_fn must return {completions.shape[0]} rewards, got shape {rewards.shape}.")
+    rows, (completions, lengths, finished) = distributed.addressable_rows(out.tokens, out.lengths, out.finished)
+    local = score_fn(completions, lengths, finished, rows) if pass_rows else score_fn(completions, lengths, finished)
+    local = np.asarray(local, np.float32).reshape(-1)
+    if local.shape != (completions.shape[0],):
+        raise ValueError(f"score_fn must return {completions.shape[0]} rewards, got shape {local.shape}.")
+    table = distributed.gather_rows(rows, np.stack([local, lengths, finished], axis=1).astype(np.float32),
+                                    out.tokens.shape[0])  # [K, 3]: rewards, lengths, finished
+    rewards = np.where(np.isfinite(table[:, 0]), table[:, 0], np.nan).astype(np.float32)  # +-inf: failed too
     state, device_metrics = trainer.train(state, tokens, mask, out.tokens, rewards)
     metrics = reward_metrics(rewards, trainer.config.num_generations)
-    metrics |= {"completion_length": float(lengths.mean()), "truncated_fraction": float(1 - finished.mean())}
+    metrics |= {"completion_length": float(table[:, 1].mean()), "truncated_fraction": float(1 - table[:, 2].mean())}
     metrics |= {k: float(np.mean(_to_host(v))) for k, v in device_metrics.items()}
     return state, metrics

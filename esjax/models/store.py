@@ -38,18 +38,28 @@ def is_esjax_checkpoint(path: str | Path) -> bool:
 
 def save_model(path: str | Path, config: ModelConfig, params: Params, source_dir: str | Path | None = None,
                *, overwrite: bool = False) -> Path:
-    """Save params (orbax) + config (+ tokenizer files from ``source_dir``); written aside, then renamed."""
+    """Save params (orbax) + config (+ tokenizer files from ``source_dir``); written aside, then renamed.
+
+    Multi-host: every process calls it (orbax writes each process's shards); only process 0 touches the
+    directories and writes the JSON and tokenizer files, with barriers around the orbax save.
+    """
     path = Path(path).absolute()
+    main = jax.process_index() == 0
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise FileExistsError(f"{path} exists and is not empty (pass --overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    if main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    _sync(f"esjax_save_model_begin:{path}")
     try:
         checkpointer = ocp.StandardCheckpointer()
         checkpointer.save(tmp / "params", params)
         checkpointer.wait_until_finished()
+        if not main:
+            _sync(f"esjax_save_model_end:{path}")
+            return path
         if source_dir is not None:
             (tmp / "tokenizer").mkdir()
             copied = copy_tokenizer_files(Path(source_dir), tmp / "tokenizer")
@@ -61,9 +71,17 @@ def save_model(path: str | Path, config: ModelConfig, params: Params, source_dir
         (tmp / MODEL_FILE).write_text(json.dumps({"format": 1, "config": config.to_dict(), "dtype": str(dtype)}, indent=2))
         _replace_dir(tmp, path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _sync(f"esjax_save_model_end:{path}")
     return path
+
+
+def _sync(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
 
 
 def read_model_config(path: str | Path) -> tuple[ModelConfig, str]:
@@ -80,24 +98,32 @@ def restore_params(directory: str | Path, config: ModelConfig, dtype: Any, shard
         shard_tree = sharding if not isinstance(sharding, jax.sharding.Sharding) else jax.tree.map(lambda _: sharding, shapes)
         shapes = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shard_tree)
     else:
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)
     return ocp.StandardCheckpointer().restore(Path(directory).absolute(), shapes)
 
 
 def load_model(path: str | Path, dtype: Any = None, sharding: Any = None) -> LoadedModel:
-    """Load an HF model directory or an esjax checkpoint. ``dtype`` None keeps the stored dtype."""
+    """Load an HF model directory or an esjax checkpoint. ``dtype`` None keeps the stored dtype.
+
+    ``sharding``: a Sharding, a pytree of them matching the params, or a function ``config -> either`` (so a
+    mesh's partition rules can be applied before the weights are read: see ``esjax.distributed``).
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
     if is_esjax_checkpoint(path):
         config, stored = read_model_config(path)
+        sharding = sharding(config) if callable(sharding) else sharding
         params = restore_params(path / "params", config, stored, sharding)
         if dtype is not None and jnp.dtype(dtype) != jnp.dtype(stored):
             params = jax.tree.map(lambda x: x.astype(dtype), params)
         tok = path / "tokenizer"
         return LoadedModel(config, params, tok if tok.is_dir() else None, tok if tok.is_dir() else None)
     if is_hf_dir(path):
+        if callable(sharding):
+            from esjax.models.config import load_config
+            sharding = sharding(load_config(path))
         config, params = load_hf(path, dtype=dtype, sharding=sharding)
         return LoadedModel(config, params, path, path)
     raise ModelConfigError(f"{path}: not a model (expected an HF directory with config.json and *.safetensors, "

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Start `esjax train CONFIG` on every worker at once: one process per host; jax.distributed finds the other
+# hosts by itself on Cloud TPU, and all chips form one mesh. Logs go to ~/LOG_FILE on each worker.
+#   TPU_NAME=esjax-v5e ZONE=us-west4-a CONFIG=configs/es_countdown_qwen2.5-1.5b.yaml OUT=/mnt/esjax-runs/cd tpu/launch.sh
+#   RESUME=1 tpu/launch.sh         # continue OUT from its last checkpoint
+source "$(dirname "$0")/env.sh"
+resume=""
+if [[ "${RESUME:-0}" == "1" ]]; then
+  resume="--resume"
+fi
+set -x
+tpu_ssh all "cd ~/${REPO_DIR} && \
+  nohup .venv/bin/esjax train ${CONFIG} --out ${OUT} ${resume} --no-progress ${EXTRA_ARGS} \
+    > ~/${LOG_FILE} 2>&1 < /dev/null & echo \$! > ~/esjax-train.pid; echo started \$(hostname) pid \$(cat ~/esjax-train.pid)"
