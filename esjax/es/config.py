@@ -10,6 +10,8 @@ from typing import Any
 
 import optax
 
+from esjax.config_utils import strict_from_dict
+
 NOISE_KINDS = ("full", "lowrank")
 NON_MATRIX_MODES = ("full", "freeze")
 SHAPINGS = ("zscore", "centered_rank", "none")
@@ -67,11 +69,7 @@ class ESConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ESConfig:
         """Builds a config from a mapping (e.g. a YAML section); unknown keys raise ValueError."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"Unknown ESConfig keys {unknown}; valid keys are {sorted(known)}.")
-        return cls(**d)
+        return strict_from_dict(cls, d)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict view (round-trips through ``from_dict``)."""

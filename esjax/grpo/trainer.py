@@ -40,6 +40,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from esjax.config_utils import strict_from_dict
+
 from esjax import distributed
 from esjax.grpo.advantages import SCALES, group_advantages
 from esjax.grpo.logprobs import token_logps
@@ -105,11 +107,7 @@ class GRPOConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> GRPOConfig:
         """Builds a config from a mapping (e.g. a YAML section); unknown keys raise ValueError."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"Unknown GRPOConfig keys {unknown}; valid keys are {sorted(known)}.")
-        return cls(**d)
+        return strict_from_dict(cls, d)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
