@@ -74,14 +74,19 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     import time
 
+    from esjax import distributed
     from esjax.settings import load_settings
     from esjax.train import train
+    info = distributed.initialize()  # joins a multi-process run (env / SLURM / Cloud TPU); no-op otherwise
     if args.resume and not args.out:
         raise UsageError("--resume needs --out DIR (the run directory to continue)")
+    if info.num_processes > 1 and not args.out:
+        raise UsageError("a multi-process run needs --out DIR, one directory on a filesystem all hosts share")
     settings = load_settings(args.config, args.set)
     out = args.out or f"runs/{Path(args.config).stem if args.config else 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
     summary = train(settings, out, resume=args.resume, progress=not args.no_progress)
-    _print_summary(summary)
+    if distributed.is_main_process():
+        _print_summary(summary)
 
 
 def _print_summary(summary: dict) -> None:

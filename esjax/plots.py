@@ -8,7 +8,8 @@ from typing import Sequence
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (imported on first use: plotting is optional)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -17,7 +18,7 @@ def _pyplot():
 
 def plot_training(records: Sequence[dict], out_dir: str | Path) -> list[Path]:
     """``reward.png`` and ``accuracy.png``, each against iterations (left) and generated samples (right)."""
-    plt = _pyplot()
+    plt = pyplot()
     out_dir = Path(out_dir)
     written = []
     for name, train_key, eval_prefix in (("reward", "reward_mean", "eval/%s/mean_reward"),
@@ -47,7 +48,7 @@ def plot_training(records: Sequence[dict], out_dir: str | Path) -> list[Path]:
 def plot_matrix(matrix: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str], title: str,
                 path: str | Path, fmt: str = "{:.2f}") -> Path:
     """A heatmap with the value written in each cell (rows: after stage k; columns: evaluated task)."""
-    plt = _pyplot()
+    plt = pyplot()
     matrix = np.asarray(matrix, float)
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(col_labels), 1.2 + 0.7 * len(row_labels)))
     im = ax.imshow(matrix, cmap="viridis", aspect="auto")

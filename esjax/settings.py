@@ -217,13 +217,23 @@ def mesh_devices(settings: RunSettings) -> int:
 
 
 def es_config(settings: RunSettings):
+    """The run's ESConfig; a decaying ``alpha_schedule`` without ``total_steps`` ends at ``train.iterations``."""
     from esjax.es import ESConfig
-    return ESConfig.from_dict(settings.es)
+    return ESConfig.from_dict(_with_total_steps(settings.es, "alpha_schedule", settings.train.iterations))
 
 
 def grpo_config(settings: RunSettings):
+    """The run's GRPOConfig; a decaying ``lr_schedule`` without ``total_steps`` ends with the run's last optimizer
+    step (``train.iterations * num_iterations``)."""
     from esjax.grpo import GRPOConfig
-    return GRPOConfig.from_dict(settings.grpo)
+    steps = settings.train.iterations * settings.grpo.get("num_iterations", 1)
+    return GRPOConfig.from_dict(_with_total_steps(settings.grpo, "lr_schedule", steps))
+
+
+def _with_total_steps(section: dict, schedule_key: str, steps: int) -> dict:
+    if section.get(schedule_key, "constant") == "constant" or section.get("total_steps") is not None:
+        return section
+    return {**section, "total_steps": steps}
 
 
 def save_settings(settings: RunSettings, path: str | Path) -> None:

@@ -1,13 +1,16 @@
 """Population rollouts: low-rank in-matmul forward, device invariance, divisibility checks."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from esjax.es import ESConfig
+from esjax.es import ESConfig, apply_update
 from esjax.es.noise import lowrank_perturb, perturb
 from esjax.es.population import _strip_none, make_rollout, population_mesh
+from esjax.es.step import es_init, es_step, make_runner
 from esjax.models import config_from_hf, forward, init_params
 from esjax.sampling import SamplingConfig, pad_prompts
 
@@ -66,3 +69,30 @@ def test_population_must_divide_devices():
     with pytest.raises(ValueError, match="antithetic|pair"):
         make_rollout(ESConfig(population_size=6, antithetic=True), CONFIG, sampling,
                      population_mesh(jax.devices()[:2]), PARAMS, TOKENS.shape)
+
+
+@pytest.mark.parametrize("group_baseline", [False, True])
+def test_es_step_applies_the_update_to_the_scored_fitness(group_baseline):
+    """es_step on 2 devices == apply_update with the fitness built from the rewards score_fn returned: each
+    member's mean reward [N], or with group_baseline the per-prompt rewards [N, B] (which moves params differently)."""
+    es = ESConfig(population_size=4, sigma=0.05, alpha=0.01, antithetic=True, group_baseline=group_baseline)
+    runner = make_runner(es, CONFIG, SamplingConfig(max_new_tokens=5, pad_token_id=1), population_mesh(jax.devices()[:2]),
+                         PARAMS, TOKENS.shape)
+    state = es_init(runner, PARAMS, jax.random.key(1))
+    scored = []
+
+    def score_fn(tokens, lengths, finished, prompt_ids):
+        rewards = (tokens * (np.arange(tokens.shape[1]) < lengths[:, None])).sum(1) % 7 / 7 + prompt_ids
+        scored.append(rewards.astype(np.float32))
+        return scored[-1], rewards > 1
+
+    state, metrics = es_step(runner, state, np.asarray(TOKENS), np.asarray(MASK), score_fn)
+    per_prompt = scored[0].reshape(4, 3)  # rows are member-major: [N * B] -> [N, B]
+    assert np.ptp(per_prompt, axis=0).all()  # members disagree on every prompt, so both fitness kinds matter
+    fitness = per_prompt if group_baseline else per_prompt.mean(axis=1)
+    expected = apply_update(es, PARAMS, jax.random.key(1), 0, fitness)
+    jax.tree.map(lambda a, e: np.testing.assert_allclose(a, e, atol=1e-6), state.params, expected)
+    other = apply_update(dataclasses.replace(es, group_baseline=not group_baseline), PARAMS, jax.random.key(1), 0,
+                         per_prompt.mean(axis=1) if group_baseline else per_prompt)
+    assert not np.allclose(state.params["embed_tokens"]["embedding"], other["embed_tokens"]["embedding"])
+    assert metrics["es/alpha"] == pytest.approx(0.01)

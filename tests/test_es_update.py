@@ -132,7 +132,36 @@ def test_optax_sgd_and_update_state_reproduce_the_plain_update():
     jax.tree.map(np.testing.assert_array_equal, s_plain.params, expected)
     assert_tree_close(s_sgd.params, fp32(expected), rtol=0, atol=1e-7)
     np.testing.assert_allclose(m_sgd["update_norm"], m_plain["update_norm"], rtol=1e-6)
-    assert set(m_plain) == {"fitness_mean", "fitness_std", "fitness_min", "fitness_max", "nonfinite", "update_norm"}
+    assert set(m_plain) == {"fitness_mean", "fitness_std", "fitness_min", "fitness_max", "nonfinite", "update_norm",
+                            "alpha"}
+
+
+@pytest.mark.parametrize("optimizer", [None, "sgd"])
+def test_alpha_schedule_scales_each_step(optimizer):
+    """With a cosine schedule, step t is the constant-alpha step with alpha_t = alpha (1 + cos(pi t / T)) / 2: full
+    at t = 0, half at T / 2, nothing at T (the same for the optax path, which counts its own steps)."""
+    total, alpha = 4, 0.3
+    decayed = ESConfig(population_size=N, alpha=alpha, alpha_schedule="cosine", total_steps=total, optimizer=optimizer)
+    state = init_state(decayed, make_params(), KEY)
+    for t in range(total + 1):
+        fitness = jax.random.normal(jax.random.key(20 + t), (N,))
+        alpha_t = alpha * (1 + np.cos(np.pi * t / total)) / 2
+        before = state.params
+        state, metrics = update_state_jit(decayed, state, fitness)
+        np.testing.assert_allclose(metrics["alpha"], alpha_t, rtol=1e-6, atol=1e-9)
+        if t == total:
+            jax.tree.map(np.testing.assert_array_equal, state.params, before)
+            break
+        expected = apply_update_jit(ESConfig(population_size=N, alpha=alpha_t), before, KEY, t, fitness)
+        assert_tree_close(state.params, fp32(expected), rtol=0, atol=1e-6)
+
+
+def test_alpha_schedule_validation():
+    with pytest.raises(ValueError, match="alpha_schedule='cosine' needs total_steps"):
+        ESConfig(alpha_schedule="cosine")
+    with pytest.raises(ValueError, match="alpha_schedule must be one of"):
+        ESConfig(alpha_schedule="exponential", total_steps=10)
+    assert ESConfig(alpha_schedule="linear", warmup_steps=2, total_steps=10).alpha_at()(1) == pytest.approx(2.5e-4)
 
 
 def test_bf16_master_weights_keep_updates_that_plain_bf16_rounds_away():

@@ -10,9 +10,10 @@ import jax
 import numpy as np
 import pytest
 
+from esjax import distributed
 from esjax.cli import main
 from esjax.models import load_model
-from esjax.settings import SettingsError, load_settings
+from esjax.settings import SettingsError, es_config, grpo_config, load_settings
 from esjax.train import train
 
 TASK = "task.options={prompt_style: short, counts: [3], train_size: 40, test_size: 16}"
@@ -90,6 +91,17 @@ def test_settings_validation_names_key(tmp_path):
         load_settings(None, ["train.iterations"])
 
 
+def test_decaying_schedules_end_with_the_run():
+    """A decaying step-size schedule without total_steps ends at the run's last update (ES: iterations; GRPO:
+    iterations x num_iterations optimizer steps); an explicit total_steps is kept."""
+    s = load_settings(None, ["train.iterations=7", "es.alpha_schedule=cosine"])
+    assert es_config(s).total_steps == 7 and es_config(s).alpha_at()(7) == 0
+    assert es_config(load_settings(None, ["es.alpha_schedule=linear", "es.total_steps=3"])).total_steps == 3
+    assert es_config(load_settings(None, [])).total_steps is None
+    s = load_settings(None, ["method=grpo", "train.iterations=5", "grpo.lr_schedule=linear", "grpo.num_iterations=2"])
+    assert grpo_config(s).total_steps == 10
+
+
 def test_continual_two_tasks_writes_matrices(qwen2_dir, tmp_path):
     cfg = tmp_path / "continual.yaml"
     cfg.write_text(textwrap.dedent(f"""
@@ -136,7 +148,7 @@ def test_eval_matches_scoring_by_hand(qwen2_dir, capsys):
     assert result["mean_reward"] == pytest.approx(np.mean(rewards))
 
 
-def test_cli_train_bad_input(qwen2_dir, tmp_path, capsys):
+def test_cli_train_bad_input(qwen2_dir, tmp_path, capsys, monkeypatch):
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
     assert "not found" in capsys.readouterr().err
     out = tmp_path / "run"
@@ -147,6 +159,10 @@ def test_cli_train_bad_input(qwen2_dir, tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "r2"), "--set", f"model.path={tmp_path / 'nomodel'}",
                  "--set", "train.devices=1"]) == 2
     assert "nomodel" in capsys.readouterr().err
+    # Every process of a multi-process run must write to the same, explicitly named, run directory.
+    monkeypatch.setattr(distributed, "initialize", lambda: distributed.ProcessInfo(1, 2, "env", "host:1"))
+    assert main(["train", "--set", f"model.path={qwen2_dir}"]) == 2
+    assert "multi-process run needs --out" in capsys.readouterr().err
 
 
 def test_reward_that_raises_stops_cleanly(qwen2_dir, tmp_path, capsys):

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from esjax.evaluate import PromptSet
-from esjax.grpo.logprobs import _from_chunks, _to_chunks
+from esjax.grpo.logprobs import from_chunks, to_chunks
 from esjax.grpo.losses import completion_mask
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import Params, hidden_states, logits_from_hidden
@@ -72,9 +72,9 @@ def token_kl(config: ModelConfig, params_ft: Params, params_base: Params, prompt
     h_base = hidden_states(config, params_base, tokens, attention)[:, -t - 1:-1]
     body = lambda xs: _kl_chunk(config, params_ft, params_base, *xs)  # noqa: E731
     chunk = min(chunk_size, t)
-    lf, lb, exact = jax.lax.map(body, (_to_chunks(h_ft, chunk), _to_chunks(h_base, chunk),
-                                       _to_chunks(completions, chunk)))
-    lf, lb, exact = (_from_chunks(x, t) for x in (lf, lb, exact))
+    lf, lb, exact = jax.lax.map(body, (to_chunks(h_ft, chunk), to_chunks(h_base, chunk),
+                                       to_chunks(completions, chunk)))
+    lf, lb, exact = (from_chunks(x, t) for x in (lf, lb, exact))
     k1, k3 = estimators(lf, lb)
     return TokenKL(k1, k3, exact, cmask.astype(jnp.float32))
 

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from esjax.plots import _pyplot, plot_matrix
+from esjax.plots import pyplot, plot_matrix
 
 
 def _fmt(v: Any, spec: str = ".4g") -> str:
@@ -25,7 +25,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
 
 def _grouped_bars(groups: Sequence[str], series: dict[str, Sequence[float | None]], ylabel: str, title: str,
                   path: Path, log: bool = False) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(groups) * max(1, len(series)) + 2), 4))
     width = 0.8 / max(1, len(series))
     x = np.arange(len(groups))
@@ -63,13 +63,13 @@ def _lines(curves: dict[str, tuple[Sequence[float], Sequence[float]]], xlabel: s
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
 def plots(report: dict[str, Any], out_dir: Path) -> dict[str, list[Path]]:
     """Every plot the report's sections allow, by section."""
-    plt = _pyplot()
+    plt = pyplot()
     out: dict[str, list[Path]] = {}
     if geo := report.get("geometry"):
         norms = geo["norms"]

@@ -10,6 +10,7 @@ from typing import Any
 
 import optax
 
+from esjax import schedules
 from esjax.config_utils import strict_from_dict
 
 NOISE_KINDS = ("full", "lowrank")
@@ -24,7 +25,13 @@ class ESConfig:
     Attributes:
         population_size: N, members per iteration (global, over all devices).
         sigma: perturbation scale; member i evaluates ``theta + sigma * eps_i``.
-        alpha: step size; ``theta <- theta + alpha / N * sum_i w_i eps_i`` (1/sigma folded in).
+        alpha: step size; ``theta <- theta + alpha / N * sum_i w_i eps_i`` (1/sigma folded in). With a schedule,
+            the peak value.
+        alpha_schedule: "constant" (the paper), or "cosine" / "linear" decay of alpha to 0 at ``total_steps``
+            (see :func:`esjax.schedules.make_schedule`).
+        warmup_steps: iterations of linear warm-up of alpha from 0 (0: none).
+        total_steps: ES iterations of the run, needed by a decaying schedule (``esjax train`` fills it in with
+            ``train.iterations`` when it is left out).
         antithetic: members 2k and 2k+1 use ``+eps_k`` and ``-eps_k``.
         noise: "full" (iid normal per element) or "lowrank" (``A B^T / sqrt(rank)`` for 2-D leaves).
         rank: r of the low-rank factors.
@@ -45,6 +52,9 @@ class ESConfig:
     population_size: int = 30
     sigma: float = 1e-3
     alpha: float = 5e-4
+    alpha_schedule: str = "constant"
+    warmup_steps: int = 0
+    total_steps: int | None = None
     antithetic: bool = False
     noise: str = "full"
     rank: int = 1
@@ -101,6 +111,7 @@ class ESConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}.")
+        schedules.validate_schedule(self.alpha_schedule, self.warmup_steps, self.total_steps, name="alpha_schedule")
         if not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"rank must be an int >= 1, got {self.rank!r}.")
         for name, allowed in (("noise", NOISE_KINDS), ("non_matrix", NON_MATRIX_MODES),
@@ -120,6 +131,10 @@ class ESConfig:
         if chunk != "auto" and not (isinstance(chunk, int) and chunk >= 1):
             raise ValueError(f"population_chunk must be 'auto' or an int >= 1, got {chunk!r}.")
         return self
+
+    def alpha_at(self) -> optax.Schedule:
+        """The step size as a function of the (0-based) iteration."""
+        return schedules.make_schedule(self.alpha, self.alpha_schedule, self.warmup_steps, self.total_steps)
 
     def is_frozen(self, path: str) -> bool:
         """Whether the leaf at ``path`` ("a/b/c") matches a ``freeze`` pattern."""

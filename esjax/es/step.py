@@ -61,6 +61,7 @@ def es_step(runner: ESRunner, state: ESState, tokens: np.ndarray, mask: np.ndarr
             score_fn: ScoreFn) -> tuple[ESState, dict[str, Any]]:
     """One iteration: every member generates for the B prompts, rows are scored on the host, fitness_i = member i's
     mean reward over the prompts (NaN if any reward is NaN: shaping then ranks it worst), then the ES update.
+    With ``group_baseline`` the fitness is the [N, B] matrix of per-prompt rewards instead (see ``shape_fitness``).
 
     Only the N fitness values enter the update; each device regenerates the noise it needs from the seeds. With
     several processes each one reads back and scores only its own devices' members; the N fitness values (and
@@ -83,7 +84,9 @@ def es_step(runner: ESRunner, state: ESState, tokens: np.ndarray, mask: np.ndarr
     stats = np.stack([rewards.mean(axis=1).astype(np.float64), clean.sum(1), (clean ** 2).sum(1), finite.sum(1),
                       np.asarray(correct).reshape(m, batch).sum(1), lengths.reshape(m, batch).sum(1)], axis=1)
     stats = distributed.gather_rows(members, stats, n)  # [N, 6]: the only host-to-host traffic
-    fitness = stats[:, 0].astype(np.float32)
+    # group_baseline shapes per-prompt scores [N, B] (each prompt z-scored across members); else fitness is [N]
+    fitness = (distributed.gather_rows(members, rewards, n) if runner.config.group_baseline
+               else stats[:, 0]).astype(np.float32)
     t2 = time.perf_counter()
     state, metrics = runner.update(state, distributed.replicate(fitness, mesh))
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}

@@ -69,7 +69,8 @@ def apply_update(config: ESConfig, params: PyTree, run_key: Array, iteration: in
     """
     weights, _ = shape_fitness(config, fitness)
     grad = es_gradient(config, params, run_key, iteration, weights)
-    return _add(config, params, jax.tree.map(lambda g: config.alpha * g, grad))
+    alpha = config.alpha_at()(iteration)
+    return _add(config, params, jax.tree.map(lambda g: alpha * g, grad))
 
 
 @flax.struct.dataclass
@@ -92,14 +93,14 @@ class ESState:
 
 
 def make_optimizer(config: ESConfig, params: PyTree) -> optax.GradientTransformation | None:
-    """``optax.<optimizer>(learning_rate=alpha, **optimizer_kwargs)``, or None when ``config.optimizer`` is None.
+    """``optax.<optimizer>(learning_rate=<alpha schedule>, **optimizer_kwargs)``, or None without ``optimizer``.
 
     Masked to the trainable leaves of ``params``: frozen leaves get no optimizer state and no update (not even
     weight decay).
     """
     if config.optimizer is None:
         return None
-    opt = getattr(optax, config.optimizer)(learning_rate=config.alpha, **dict(config.optimizer_kwargs))
+    opt = getattr(optax, config.optimizer)(learning_rate=config.alpha_at(), **dict(config.optimizer_kwargs))
     return optax.masked(opt, trainable_mask(config, params))
 
 
@@ -114,7 +115,7 @@ def init_state(config: ESConfig, params: PyTree, run_key: Array) -> ESState:
 def update_state(config: ESConfig, state: ESState, fitness: Array) -> tuple[ESState, dict[str, Array]]:
     """One ES step from the fitness [N] (or [N, G]) of ``state``'s population; jit with ``config`` static.
 
-    The step ``u`` is ``alpha * es_gradient`` or, with ``config.optimizer``, the optax update of the negated
+    The step ``u`` is ``alpha_t * es_gradient`` (``alpha_t`` from ``config.alpha_at()`` at this iteration) or, with ``config.optimizer``, the optax update of the negated
     gradient estimate (optax minimises; ES ascends), so ``sgd`` reproduces the plain step. ``u`` is added to
     the float32 master weights (or to the params upcast to float32) and the params are that, cast to their dtype.
     Metrics: those of :func:`shape_fitness` plus ``update_norm`` (global L2 norm of ``u``).
@@ -126,14 +127,16 @@ def update_state(config: ESConfig, state: ESState, fitness: Array) -> tuple[ESSt
     theta = _fp32(state.params) if state.master is None else state.master
     opt = make_optimizer(config, state.params)
     if opt is None:
-        updates, opt_state = jax.tree.map(lambda g: config.alpha * g, grad), state.opt_state
+        alpha = config.alpha_at()(state.iteration)
+        updates, opt_state = jax.tree.map(lambda g: alpha * g, grad), state.opt_state
     else:
         updates, opt_state = opt.update(jax.tree.map(jnp.negative, grad), state.opt_state, theta)
     theta = _add(config, theta, updates)
     new_state = state.replace(params=jax.tree.map(lambda t, p: t.astype(p.dtype), theta, state.params),
                               master=theta if config.master_fp32 else None, opt_state=opt_state,
                               iteration=state.iteration + 1)
-    return new_state, metrics | {"update_norm": optax.tree.norm(updates)}
+    return new_state, metrics | {"update_norm": optax.tree.norm(updates),
+                                 "alpha": jnp.asarray(config.alpha_at()(state.iteration), jnp.float32)}
 
 
 def _add(config: ESConfig, params: PyTree, updates: PyTree) -> PyTree:

@@ -21,7 +21,7 @@ def _logps_entropy(logits_fn: LogitsFn, temperature: float, hidden: Array, targe
     return target_logits - lse, entropy
 
 
-def _to_chunks(x: Array, chunk_size: int) -> Array:
+def to_chunks(x: Array, chunk_size: int) -> Array:
     """``[B, T, ...]`` -> ``[n, B, chunk_size, ...]``, zero-padding ``T`` up to ``n * chunk_size``."""
     B, T = x.shape[:2]
     n = -(-T // chunk_size)
@@ -29,7 +29,7 @@ def _to_chunks(x: Array, chunk_size: int) -> Array:
     return jnp.moveaxis(x.reshape(B, n, chunk_size, *x.shape[2:]), 1, 0)
 
 
-def _from_chunks(x: Array, T: int) -> Array:
+def from_chunks(x: Array, T: int) -> Array:
     """``[n, B, chunk_size]`` -> ``[B, T]``, dropping the padding."""
     n, B, c = x.shape
     return jnp.moveaxis(x, 0, 1).reshape(B, n * c)[:, :T]
@@ -65,5 +65,5 @@ def token_logps(
     if chunk_size is None or chunk_size >= T:
         return fn(hidden, targets)
     body = jax.checkpoint(lambda xs: fn(*xs), prevent_cse=False)
-    logps, entropy = jax.lax.map(body, (_to_chunks(hidden, chunk_size), _to_chunks(targets, chunk_size)))
-    return _from_chunks(logps, T), _from_chunks(entropy, T)
+    logps, entropy = jax.lax.map(body, (to_chunks(hidden, chunk_size), to_chunks(targets, chunk_size)))
+    return from_chunks(logps, T), from_chunks(entropy, T)

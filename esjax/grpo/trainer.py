@@ -40,9 +40,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from esjax import distributed, schedules
 from esjax.config_utils import strict_from_dict
-
-from esjax import distributed
 from esjax.grpo.advantages import SCALES, group_advantages
 from esjax.grpo.logprobs import token_logps
 from esjax.grpo.losses import LOSS_TYPES, completion_mask, policy_loss
@@ -53,7 +52,6 @@ from esjax.sampling import GenerateOutput, SamplingConfig, generate
 Array = jax.Array
 PyTree = Any
 DATA_AXIS, MODEL_AXIS = "data", "model"
-LR_SCHEDULES = ("constant", "cosine", "linear")
 ScoreFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -129,7 +127,7 @@ class GRPOConfig:
         positive_int("num_iterations")
         positive_int("grad_accum_steps")
         positive_int("warmup_steps", 0)
-        for name, allowed in (("loss_type", LOSS_TYPES), ("scale_rewards", SCALES), ("lr_schedule", LR_SCHEDULES)):
+        for name, allowed in (("loss_type", LOSS_TYPES), ("scale_rewards", SCALES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         for name in ("learning_rate", "weight_decay", "beta", "adam_eps"):
@@ -145,10 +143,7 @@ class GRPOConfig:
                 raise ValueError(f"{name} must be a number >= 0 (or None), got {value!r}.")
         if self.logprob_chunk_size is not None:
             positive_int("logprob_chunk_size")
-        if self.lr_schedule != "constant":
-            if self.total_steps is None or self.total_steps <= self.warmup_steps:
-                raise ValueError(f"lr_schedule={self.lr_schedule!r} needs total_steps > warmup_steps "
-                                 f"({self.warmup_steps}), got total_steps={self.total_steps!r}.")
+        schedules.validate_schedule(self.lr_schedule, self.warmup_steps, self.total_steps, name="lr_schedule")
         if not isinstance(num_devices, int) or num_devices < 1:
             raise ValueError(f"num_devices must be a positive int, got {num_devices!r}.")
         if rollout_batch is not None:
@@ -201,14 +196,7 @@ def data_mesh(devices: Any = None) -> Mesh:
 
 def make_schedule(config: GRPOConfig) -> optax.Schedule:
     """Learning rate per optimizer step: linear warm-up from 0, then constant / cosine / linear decay to 0."""
-    lr, warmup = config.learning_rate, config.warmup_steps
-    decay_steps = max(1, (config.total_steps or 0) - warmup)
-    decay = {"constant": lambda: optax.constant_schedule(lr),
-             "cosine": lambda: optax.cosine_decay_schedule(lr, decay_steps),
-             "linear": lambda: optax.linear_schedule(lr, 0.0, decay_steps)}[config.lr_schedule]()
-    if not warmup:
-        return decay
-    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+    return schedules.make_schedule(config.learning_rate, config.lr_schedule, config.warmup_steps, config.total_steps)
 
 
 def make_optimizer(config: GRPOConfig) -> optax.GradientTransformation:

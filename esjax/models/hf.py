@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from esjax import distributed
 from esjax.models.config import ModelConfig, ModelConfigError, load_config
 from esjax.models.decoder import Params, param_shapes
 from esjax.models.safetensors_io import DTYPES, iter_tensors, read_header, write_file
@@ -105,7 +106,7 @@ def load_hf(path: str | Path, dtype: Any = "float32", sharding: Any = None) -> t
                 hf_want = tuple(want[::-1]) if transpose else tuple(want)
                 raise CheckpointError(f"{file}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {hf_want}")
             host = np.asarray(tensor.T if transpose else tensor).astype(dtype)
-            flat[key] = jax.device_put(host, shardings.get(key)) if shardings else jnp.asarray(host)
+            flat[key] = distributed.put_global(host, shardings[key]) if shardings else jnp.asarray(host)
             del host
     missing = [n for n, (key, _) in names.items() if key not in flat]
     if missing:
