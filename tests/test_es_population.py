@@ -76,8 +76,8 @@ def test_es_step_applies_the_update_to_the_scored_fitness(group_baseline):
     """es_step on 2 devices == apply_update with the fitness built from the rewards score_fn returned: each
     member's mean reward [N], or with group_baseline the per-prompt rewards [N, B] (which moves params differently)."""
     es = ESConfig(population_size=4, sigma=0.05, alpha=0.01, antithetic=True, group_baseline=group_baseline)
-    runner = make_runner(es, CONFIG, SamplingConfig(max_new_tokens=5, pad_token_id=1), population_mesh(jax.devices()[:2]),
-                         PARAMS, TOKENS.shape)
+    sampling = SamplingConfig(max_new_tokens=5, pad_token_id=1)
+    runner = make_runner(es, CONFIG, sampling, population_mesh(jax.devices()[:2]), PARAMS, TOKENS.shape)
     state = es_init(runner, PARAMS, jax.random.key(1))
     scored = []
 
@@ -96,3 +96,19 @@ def test_es_step_applies_the_update_to_the_scored_fitness(group_baseline):
                          per_prompt.mean(axis=1) if group_baseline else per_prompt)
     assert not np.allclose(state.params["embed_tokens"]["embedding"], other["embed_tokens"]["embedding"])
     assert metrics["es/alpha"] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize("noise, temperature", [("full", 0.0), ("lowrank", 1.0)])
+def test_prompt_chunks_match_one_decode(noise, temperature):
+    """Decoding the prompts one at a time per member (prompt_chunk=1) gives the same rows, sampled ones included."""
+    sampling = SamplingConfig(max_new_tokens=6, pad_token_id=1, temperature=temperature)
+    mesh = population_mesh(jax.devices()[:2])
+    results = []
+    for prompt_chunk in (None, 1):
+        es = ESConfig(population_size=4, sigma=0.05, noise=noise, rank=2, prompt_chunk=prompt_chunk)
+        rollout = make_rollout(es, CONFIG, sampling, mesh, PARAMS, TOKENS.shape)
+        out = rollout(PARAMS, jax.random.key(1), jnp.int32(4), TOKENS, MASK, jax.random.key(0))
+        results.append(jax.tree.map(np.asarray, out))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), *results)
+    with pytest.raises(ValueError, match="prompt_chunk=2 must divide the 3 prompts"):
+        make_rollout(ESConfig(population_size=4, prompt_chunk=2), CONFIG, sampling, mesh, PARAMS, TOKENS.shape)

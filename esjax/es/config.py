@@ -47,6 +47,8 @@ class ESConfig:
             converted, so the config stays hashable).
         master_fp32: keep fp32 master weights when params are in a lower precision.
         population_chunk: members evaluated at once per device (int), or "auto".
+        prompt_chunk: prompts each member decodes at once (an int dividing the prompts of an iteration), or None
+            for all of them; bounds the KV cache (members x prompt_chunk rows) for large models.
     """
 
     population_size: int = 30
@@ -66,6 +68,7 @@ class ESConfig:
     optimizer_kwargs: tuple[tuple[str, Any], ...] = ()
     master_fp32: bool = False
     population_chunk: int | str = "auto"
+    prompt_chunk: int | None = None
 
     def __post_init__(self):
         # Normalise containers to tuples (hashable) so YAML/JSON lists and dicts are accepted.
@@ -130,6 +133,8 @@ class ESConfig:
         chunk = self.population_chunk
         if chunk != "auto" and not (isinstance(chunk, int) and chunk >= 1):
             raise ValueError(f"population_chunk must be 'auto' or an int >= 1, got {chunk!r}.")
+        if self.prompt_chunk is not None and not (isinstance(self.prompt_chunk, int) and self.prompt_chunk >= 1):
+            raise ValueError(f"prompt_chunk must be None or an int >= 1, got {self.prompt_chunk!r}.")
         return self
 
     def alpha_at(self) -> optax.Schedule:

@@ -1,7 +1,8 @@
 """Population rollouts: every member's perturbed model generates for the same prompts, spread over a device mesh.
 
 Each device evaluates its slice of the global member ids inside ``shard_map``: full-rank members are perturbed
-copies of the weights, evaluated ``population_chunk`` at a time (``lax.map`` over chunks, ``vmap`` within);
+copies of the weights, evaluated ``population_chunk`` at a time (``lax.map`` over chunks, ``vmap`` within), on
+``prompt_chunk`` prompts at a time (``lax.map`` again: the KV cache of a large model over hundreds of prompts);
 low-rank members share the weights and run as one batched forward with per-member factors (EGGROLL). Noise is
 regenerated from (run key, iteration, member id, leaf path), so nothing but prompts goes in and only the
 generated tokens of each device's own members come out; the update later needs just the N fitness values.
@@ -59,13 +60,32 @@ def member_row_keys(sample_key: Array, members: Array, batch: int) -> Array:
 
 def rollout_members(es: ESConfig, model: ModelConfig, sampling: SamplingConfig, params: Params, run_key: Array,
                     iteration: Array, tokens: Array, mask: Array, sample_key: Array, members: Array) -> GenerateOutput:
-    """Generations of ``members`` (int32 [M]) in one batched decode of M x B rows -> [M, B, ...] outputs."""
+    """Generations of ``members`` (int32 [M]) for the B prompts -> [M, B, ...] outputs.
+
+    The members' weights are built once; the prompts are decoded ``es.prompt_chunk`` at a time (``lax.map``,
+    M x chunk rows per batched decode, bounding the KV cache) or all at once (None). Row keys do not depend on
+    the chunking, so outputs are the same either way.
+    """
     m, b = members.shape[0], tokens.shape[0]
     stacked, lowrank, population = population_params(es, params, run_key, iteration, members)
-    rows = lambda x: jnp.tile(x, (m, 1))  # noqa: E731
-    out = generate(model, stacked, rows(tokens), rows(mask), member_row_keys(sample_key, members, b), sampling,
-                   lowrank=lowrank, compute_dtype=jax.tree.leaves(params)[0].dtype, population=population)
-    return jax.tree.map(lambda x: x.reshape(m, b, *x.shape[1:]), out)
+    keys = member_row_keys(sample_key, members, b).reshape(m, b)
+
+    def decode(tok, msk, row_keys):  # [c, P], [c, P], [M, c] -> outputs [M, c, ...]
+        c = tok.shape[0]
+        rows = lambda x: jnp.tile(x, (m, 1))  # noqa: E731
+        out = generate(model, stacked, rows(tok), rows(msk), row_keys.reshape(-1), sampling, lowrank=lowrank,
+                       compute_dtype=jax.tree.leaves(params)[0].dtype, population=population)
+        return jax.tree.map(lambda x: x.reshape(m, c, *x.shape[1:]), out)
+
+    c = es.prompt_chunk or b
+    if c >= b:
+        return decode(tokens, mask, keys)
+    if b % c:
+        raise ValueError(f"prompt_chunk={c} must divide the {b} prompts of an iteration")
+    split = lambda x: x.reshape(b // c, c, *x.shape[1:])  # noqa: E731
+    chunk_keys = jnp.swapaxes(keys.reshape(m, b // c, c), 0, 1)  # [b / c, M, c]
+    out = jax.lax.map(lambda a: decode(*a), (split(tokens), split(mask), chunk_keys))
+    return jax.tree.map(lambda x: jnp.moveaxis(x, 0, 1).reshape(m, b, *x.shape[3:]), out)
 
 
 def local_chunk(es: ESConfig, local_members: int, param_bytes: int, member_bytes: int) -> int:
@@ -132,6 +152,9 @@ def make_rollout(es: ESConfig, model: ModelConfig, sampling: SamplingConfig, mes
     model_size = mesh.shape.get(MODEL_AXIS, 1)
     param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params)) // model_size
     batch, prompt = batch_shape
+    if es.prompt_chunk and batch % es.prompt_chunk:
+        raise ValueError(f"es.prompt_chunk={es.prompt_chunk} must divide the {batch} prompts of an iteration")
+    batch = min(batch, es.prompt_chunk or batch)  # rows of one member in one decode
     kv_bytes = (2 * model.num_hidden_layers * model.num_key_value_heads * model.head_dim
                 * jnp.dtype(jax.tree.leaves(params)[0].dtype).itemsize * batch * (prompt + sampling.max_new_tokens))
     chunk = local_chunk(es, local, param_bytes, kv_bytes)
