@@ -6,10 +6,10 @@ shapes, and (``--measure``) timings of the real steps on simulated CPU devices.
     python benchmarks/scaling_model.py --measure-multiprocess   # + all-gather cost over 2 local processes (gloo)
 
 The model (see docs/scaling.md for the derivation). Per ES iteration, with D devices in groups of ``mp`` (model
-axis), G = D / mp population groups, m = ceil(N / G) members per group:
+axis), G = D / mp population groups, m = ceil(N / G) members per group, b = prompts per decode (es.prompt_chunk):
 
-    rollout_full  = ceil(m / c) * [prefill(c*B rows) + T * max((c*W + KV(c*B rows)) / (mp*BW), 2*c*B*d / (mp*F))]
-    rollout_low   = prefill(m*B rows) + T * max((W + KV(m*B rows)) / (mp*BW), 2*m*B*d / (mp*F))
+    rollout_full  = ceil(m / c) * B/b * [prefill(c*b rows) + T * max((c*W + KV(c*b rows)) / (mp*BW), 2*c*b*d / (mp*F))]
+    rollout_low   = B/b * [prefill(m*b rows) + T * max((W + KV(m*b rows)) / (mp*BW), 2*m*b*d / (mp*F))]
     perturb       = m * 10 * d / (mp*BW)                     (draw fp32 eps, read W, write the member's copy)
     update        = N * 8 * d / (mp*BW)                      (every device regenerates all N members' noise for its
                                                               slice: does NOT shrink with D)
@@ -22,7 +22,9 @@ and per GRPO iteration (K = prompts * G rows over the data axis, fp32 gradient a
     allreduce = 2 * (Gd - 1) / Gd * 4 * d / mp / link_BW,   optimizer = 16 * d / (mp*BW)
 
 W = parameter bytes, d = parameter count, BW/F = HBM bandwidth / peak bf16 FLOP/s per device, c = full-rank members
-decoded at once (what fits in memory), S = P + T. Decode is weight-bandwidth bound at these batch sizes.
+decoded at once (what fits in memory), b = B when the KV cache of all B prompts fits (one member for full rank, all m
+for low rank), else the largest divisor of B that does; S = P + T. Decode is weight-bandwidth bound at these batch
+sizes, so each prompt chunk streams the weights again.
 """
 
 from __future__ import annotations
@@ -107,6 +109,18 @@ def max_chunk(m: dict, mp: int, device: tuple, prompts: int, seq: int, noise: st
     return 0
 
 
+def fit(m: dict, mp: int, device: tuple, prompts: int, seq: int, noise: str, members: int) -> tuple[int, int] | None:
+    """(prompt chunk, members at once): all ``prompts`` if one member (full rank) or all ``members`` (low rank, which
+    decodes them together) fit with them, else the largest divisor of ``prompts`` that does (es.prompt_chunk);
+    None if not even one prompt fits."""
+    need = 1 if noise == "full" else members
+    for pc in (p for p in range(prompts, 0, -1) if prompts % p == 0):
+        chunk = max_chunk(m, mp, device, pc, seq, noise, members)
+        if chunk >= need:
+            return pc, chunk
+    return None
+
+
 def es_iteration(m: dict, device: tuple, devices: int, mp: int, population: int = 30, prompts: int = 200,
                  prompt_len: int = 128, new_tokens: int = 1024, noise: str = "full") -> dict | None:
     hbm, bw, flops, link, per_host, dcn = device
@@ -114,9 +128,10 @@ def es_iteration(m: dict, device: tuple, devices: int, mp: int, population: int 
     weights, seq = 2 * d, prompt_len + new_tokens
     groups = devices // mp
     members = math.ceil(population / groups)
-    chunk = max_chunk(m, mp, device, prompts, seq, noise, members)
-    if chunk == 0 or (noise == "lowrank" and chunk < members):  # low rank decodes all its members at once
+    fitted = fit(m, mp, device, prompts, seq, noise, members)
+    if fitted is None:
         return None
+    pc, chunk = fitted
     kv_tok = kv_bytes_per_token(m) / kv_split(m, mp)
     tp_latency = 0.0 if mp == 1 else 2 * m["layers"] * 10e-6  # two all-reduces per layer per decode step
     avg_ctx = prompt_len + new_tokens / 2
@@ -126,11 +141,12 @@ def es_iteration(m: dict, device: tuple, devices: int, mp: int, population: int 
         return new_tokens * (max(step_bytes / bw, 2 * rows * d / mp / flops) + tp_latency)
 
     prefill = lambda rows: 2 * rows * prompt_len * d / mp / (0.5 * flops)  # noqa: E731  50% MFU
-    if noise == "full":
-        rollout = math.ceil(members / chunk) * (prefill(chunk * prompts) + decode(chunk * prompts, chunk))
+    passes = prompts // pc  # prompt chunks; each streams the member chunk's weights again
+    if noise == "full":  # weights built once per member chunk, then its prompt chunks decoded one after the other
+        rollout = math.ceil(members / chunk) * passes * (prefill(chunk * pc) + decode(chunk * pc, chunk))
         perturb = members * 10 * d / mp / bw
     else:
-        rollout = prefill(members * prompts) + decode(members * prompts, 1)
+        rollout = passes * (prefill(members * pc) + decode(members * pc, 1))
         perturb = 0.0
     update = population * 8 * d / mp / bw
     hosts = max(1, devices // per_host)
@@ -139,6 +155,7 @@ def es_iteration(m: dict, device: tuple, devices: int, mp: int, population: int 
     total = rollout + perturb + update + gather + readback
     return {"devices": devices, "model_parallel": mp, "population_groups": groups, "members_per_group": members,
             "members_at_once": chunk, "member_passes": math.ceil(members / chunk) if noise == "full" else 1,
+            "prompt_chunk": pc,
             "rollout_s": rollout, "perturb_s": perturb, "update_s": update, "fitness_allgather_s": gather,
             "token_readback_s": readback, "iteration_s": total, "network_bytes": 4 * population * hosts,
             "completions_per_s": population * prompts / total}
@@ -169,9 +186,10 @@ def grpo_iteration(m: dict, device: tuple, devices: int, mp: int, prompts: int =
 
 
 def smallest_mp(m: dict, device: tuple, noise: str, prompts: int = 200, seq: int = 1152) -> int | None:
-    """Smallest model axis with which one member (its weights or factors, and the KV cache of its B prompts) fits."""
+    """Smallest model axis with which one member (its weights or factors, and the KV cache of its prompts,
+    micro-batched down to one prompt if need be) fits."""
     for mp in (1, 2, 4, 8, 16):
-        if max_chunk(m, mp, device, prompts, seq, noise, 1) >= 1:
+        if fit(m, mp, device, prompts, seq, noise, 1):
             return mp
     return None
 
@@ -206,6 +224,8 @@ def model_report(device_counts=(1, 2, 4, 8, 16, 32, 64)) -> dict:
 
 
 def print_report(report: dict) -> None:
+    prompts = report["assumptions"]["es"]["prompts"]
+    pc = lambda r: f",pc{r['prompt_chunk']}" if r.get("prompt_chunk", prompts) < prompts else ""  # noqa: E731
     for name, entry in report["models"].items():
         print(f"\n{name}: {entry['params'] / 1e9:.2f}B params, {entry['bf16_bytes'] / GiB:.1f} GiB bf16, "
               f"KV {entry['kv_bytes_per_token'] / 1024:.0f} KiB/token")
@@ -213,7 +233,8 @@ def print_report(report: dict) -> None:
             print(f"  {dev}: min model axis full={per['min_model_parallel_full']} "
                   f"lowrank={per['min_model_parallel_lowrank']} grpo={per['grpo_min_model_parallel']}")
             for key in ("es_full", "es_lowrank", "grpo"):
-                cells = " ".join(f"{r['devices']}(mp{r['model_parallel']}):{r['iteration_s']:.0f}s" for r in per[key])
+                cells = " ".join(f"{r['devices']}(mp{r['model_parallel']}{pc(r)}):{r['iteration_s']:.0f}s"
+                                 for r in per[key])
                 print(f"    {key:10s} {cells}")
 
 
