@@ -23,6 +23,8 @@ SHAPES = {
                  tie_word_embeddings=True, max_position_embeddings=2048, eos_token_id=0),
 }
 
+SHAPE_NAMES = (*SHAPES, "embedded")
+
 # Dense peak (bf16 FLOP/s, HBM bytes/s) by device kind, from the vendors' data sheets (SXM parts).
 DEVICE_PEAKS = {
     "NVIDIA H100 80GB HBM3": (989e12, 3.35e12),
@@ -34,6 +36,10 @@ DEVICE_PEAKS = {
 
 
 def model_config(shape: str):
+    """The ModelConfig of a named shape; "embedded" is the demo's model (esjax/assets/tiny_countdown)."""
+    if shape == "embedded":
+        from esjax.embedded import EMBEDDED_MODEL_DIR
+        return config_from_hf(json.loads((EMBEDDED_MODEL_DIR / "config.json").read_text()), where="embedded")
     return config_from_hf(SHAPES[shape], where=f"shape {shape}")
 
 

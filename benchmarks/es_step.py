@@ -6,6 +6,8 @@ N x B sequences with the unperturbed weights), both measured in this run on the 
     python benchmarks/es_step.py --shape tiny --population 8 --prompts 16 --new-tokens 32     # CPU
     python benchmarks/es_step.py --shape qwen2.5-0.5b --population 30 --prompts 200 --new-tokens 1024 \\
         --dtype bfloat16 --noise full lowrank                                                 # GPU: the paper's shape
+    python benchmarks/es_step.py --shape embedded --population 64 --prompts 50 --prompt-len 32 \\
+        --new-tokens 24                                                                      # the demo's shape
 
 Writes ``benchmarks/es_step-<shape>-<platform>.json`` beside this script.
 """
@@ -22,7 +24,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.common import device_info, model_config, peak_memory_bytes, timed, write_result  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    SHAPE_NAMES, device_info, model_config, peak_memory_bytes, timed, write_result)
 from esjax.es import ESConfig  # noqa: E402
 from esjax.es.step import es_init, make_runner  # noqa: E402
 from esjax.models import init_params  # noqa: E402
@@ -31,7 +34,7 @@ from esjax.sampling import SamplingConfig, generate_jit  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", default="tiny", choices=["tiny", "qwen2.5-0.5b"])
+    ap.add_argument("--shape", default="tiny", choices=SHAPE_NAMES)
     ap.add_argument("--population", type=int, default=8)
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--prompt-len", type=int, default=64)

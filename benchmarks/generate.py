@@ -21,7 +21,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.common import device_info, device_peaks, model_config, peak_memory_bytes, timed, write_result  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    SHAPE_NAMES, device_info, device_peaks, model_config, peak_memory_bytes, timed, write_result)
 from esjax.models import init_params  # noqa: E402
 from esjax.sampling import SamplingConfig, generate_jit  # noqa: E402
 
@@ -57,7 +58,7 @@ def hf_generate_seconds(config, params, batch, prompt, new_tokens, repeats) -> f
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", default="tiny", choices=["tiny", "qwen2.5-0.5b"])
+    ap.add_argument("--shape", default="tiny", choices=SHAPE_NAMES)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=128)

@@ -29,7 +29,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.common import device_info, model_config, peak_memory_bytes, write_result  # noqa: E402
+from benchmarks.common import SHAPE_NAMES, device_info, model_config, peak_memory_bytes, write_result  # noqa: E402
 from esjax.grpo import (GRPOConfig, completion_logps, data_mesh, grpo_step, init_state, make_trainer,  # noqa: E402
                         token_logps)
 from esjax.models import init_params  # noqa: E402
@@ -161,7 +161,7 @@ def trl_step_seconds(python, model, params, args) -> dict | str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", default="tiny", choices=["tiny", "qwen2.5-0.5b"])
+    ap.add_argument("--shape", default="tiny", choices=SHAPE_NAMES)
     ap.add_argument("--prompts", type=int, default=4, help="B, prompts per step")
     ap.add_argument("--generations", type=int, default=8, help="G, completions per prompt")
     ap.add_argument("--prompt-len", type=int, default=32)

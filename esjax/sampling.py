@@ -89,13 +89,22 @@ class Population(NamedTuple):
     lowrank_axes: Any = None
 
 
-def init_cache(config: ModelConfig, batch: int, length: int, dtype: Any) -> tuple[dict[str, Array], ...]:
-    shape = (batch, length, config.num_key_value_heads, config.head_dim)
+def init_cache(config: ModelConfig, batch: int, length: int, dtype: Any, members: int | None = None
+               ) -> tuple[dict[str, Array], ...]:
+    """Zero KV cache, per layer ``{"k", "v"}`` of [batch, K, length, D] (head-major, the layout attention reads), or
+    [members, batch / members, K, length, D] split by member for a population decode."""
+    rows = (batch,) if members is None else (members, batch // members)
+    shape = (*rows, config.num_key_value_heads, length, config.head_dim)
     return tuple({"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(config.num_hidden_layers))
 
 
 def _forward_fn(model: Decoder, params: Params, lowrank: Params | None, population: Population | None):
-    """``fn(tokens, positions, kv_mask, cache, index) -> (last-position logits f32 [B, V], cache)``."""
+    """``fn(tokens, positions, kv_mask, cache, index) -> (last-position logits f32 [B, V], cache)``.
+
+    With a population the cache is carried split by member, [M, B / M, S, K, D] (see :func:`init_cache`): only
+    the small per-step inputs and logits are reshaped, so XLA updates the cache in place in the decode loop
+    (reshaping the cache every step made it copy all of it several times per token).
+    """
     def one(p, lr, tokens, positions, kv_mask, cache, index):
         variables = {"params": p} | ({"lowrank": lr} if lr is not None else {})
         hidden, cache = model.apply(variables, tokens, positions, kv_mask, cache, index)
@@ -105,13 +114,11 @@ def _forward_fn(model: Decoder, params: Params, lowrank: Params | None, populati
         return lambda *args: one(params, lowrank, *args)
     m = population.size
     split = lambda x: x.reshape(m, x.shape[0] // m, *x.shape[1:])  # noqa: E731
-    merge = lambda x: x.reshape(-1, *x.shape[2:])  # noqa: E731
     batched = jax.vmap(one, in_axes=(population.params_axes, population.lowrank_axes, 0, 0, 0, 0, None))
 
     def fn(tokens, positions, kv_mask, cache, index):
-        logits, cache = batched(params, lowrank, split(tokens), split(positions), split(kv_mask),
-                                jax.tree.map(split, cache), index)
-        return merge(logits), jax.tree.map(merge, cache)
+        logits, cache = batched(params, lowrank, split(tokens), split(positions), split(kv_mask), cache, index)
+        return logits.reshape(-1, logits.shape[-1]), cache
     return fn
 
 
@@ -132,7 +139,8 @@ def generate(config: ModelConfig, params: Params, prompt_tokens: Array, prompt_m
     eos = jnp.asarray(sampling.eos_token_ids or (-1,), jnp.int32)
     kv_mask = jnp.concatenate([prompt_mask.astype(jnp.int32), jnp.zeros((batch, steps), jnp.int32)], axis=1)
     logits, cache = forward(prompt_tokens, positions_from_mask(prompt_mask), kv_mask,
-                            init_cache(config, batch, prompt_len + steps, dtype), 0)
+                            init_cache(config, batch, prompt_len + steps, dtype,
+                                       population and population.size), 0)
     next_pos = jnp.sum(prompt_mask, axis=1).astype(jnp.int32)
     step_key = jax.vmap(jax.random.fold_in, in_axes=(0, None)) if key.ndim else jax.random.fold_in
 

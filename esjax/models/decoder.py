@@ -124,20 +124,23 @@ class Attention(nn.Module):
             q = RMSNorm(c.rms_norm_eps, name="q_norm", **kw)(q)
             k = RMSNorm(c.rms_norm_eps, name="k_norm", **kw)(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        # keys and values head-major [B, K, S, D], the cache's layout: both attention contractions then read the
+        # cache as it lies (a [B, S, K, D] cache made XLA transpose all of it for every decoded token)
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
         if cache is not None:
-            index = (0, cache_index, 0, 0)
+            index = (0, 0, cache_index, 0)
             k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), index)
             v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), index)
             cache = {"k": k, "v": v}
             k, v = k.astype(self.dtype), v.astype(self.dtype)
         # Query t sits in cache slot cache_index + t and sees valid keys in slots <= its own.
         q_slot = cache_index + jnp.arange(t)
-        allowed = (jnp.arange(k.shape[1])[None, :] <= q_slot[:, None])[None] & kv_mask[:, None, :].astype(bool)
+        allowed = (jnp.arange(k.shape[2])[None, :] <= q_slot[:, None])[None] & kv_mask[:, None, :].astype(bool)
         q = q.reshape(b, t, c.num_key_value_heads, c.num_groups, c.head_dim)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * (c.head_dim**-0.5)
+        scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32) * (c.head_dim**-0.5)
         scores = jnp.where(allowed[:, None, None], scores, _MASK_VALUE)
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, c.num_attention_heads * c.head_dim)
+        out = jnp.einsum("bkgts,bksd->btkgd", probs, v).reshape(b, t, c.num_attention_heads * c.head_dim)
         return Linear(c.hidden_size, c.o_bias, name="o_proj", **kw)(out), cache
 
 
