@@ -101,7 +101,7 @@ def init_cache(config: ModelConfig, batch: int, length: int, dtype: Any, members
 def _forward_fn(model: Decoder, params: Params, lowrank: Params | None, population: Population | None):
     """``fn(tokens, positions, kv_mask, cache, index) -> (last-position logits f32 [B, V], cache)``.
 
-    With a population the cache is carried split by member, [M, B / M, S, K, D] (see :func:`init_cache`): only
+    With a population the cache is carried split by member, [M, B / M, K, S, D] (see :func:`init_cache`): only
     the small per-step inputs and logits are reshaped, so XLA updates the cache in place in the decode loop
     (reshaping the cache every step made it copy all of it several times per token).
     """

@@ -21,7 +21,7 @@ from esjax.models.config import ModelConfig
 
 Array = jax.Array
 Params = dict[str, Any]
-KVCache = tuple[dict[str, Array], ...]  # per layer {"k": [B, S, KV, Dh], "v": [B, S, KV, Dh]}
+KVCache = tuple[dict[str, Array], ...]  # per layer {"k": [B, KV, S, Dh], "v": [B, KV, S, Dh]} (head-major)
 
 _INIT = nn.initializers.normal(stddev=0.02)
 _MASK_VALUE = float(jnp.finfo(jnp.float32).min)
