@@ -201,8 +201,14 @@ def test_grpo_step_model_axis_2_equals_model_axis_1():
     assert _leaf(two.opt_state[1][0].mu, Q_KERNEL).sharding.spec == P(None, "model")
     assert m1["reward_mean"] == m2["reward_mean"]  # the same samples
     np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5, atol=1e-7)
+    # the gradient (Adam's first moment after one step) agrees to float32 reduction-order precision ...
+    for a, b in zip(jax.tree.leaves(one.opt_state[1][0].mu), jax.tree.leaves(two.opt_state[1][0].mu)):
+        a, b = np.asarray(a), np.asarray(b)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(a).max())
+    # ... and so do the params, within 1% of Adam's first step (lr * g / (|g| + eps) ~ lr * sign(g)), which turns
+    # a reordering difference in a near-zero gradient element into a visible one
     for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=1e-4)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-2 * config.learning_rate, rtol=1e-4)
 
 
 # --------------------------------------------------------------------------------------- host <-> devices
