@@ -140,7 +140,7 @@ def generate(config: ModelConfig, params: Params, prompt_tokens: Array, prompt_m
     kv_mask = jnp.concatenate([prompt_mask.astype(jnp.int32), jnp.zeros((batch, steps), jnp.int32)], axis=1)
     logits, cache = forward(prompt_tokens, positions_from_mask(prompt_mask), kv_mask,
                             init_cache(config, batch, prompt_len + steps, dtype,
-                                       population and population.size), 0)
+                                       None if population is None else population.size), 0)
     next_pos = jnp.sum(prompt_mask, axis=1).astype(jnp.int32)
     step_key = jax.vmap(jax.random.fold_in, in_axes=(0, None)) if key.ndim else jax.random.fold_in
 
