@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from esjax.es import ESConfig, leaf_paths, lowrank_factors, lowrank_perturb, member_noise, perturb, trainable_mask
-from esjax.es.noise import leaf_ids
+from esjax.es.noise import leaf_ids, leaf_scales
 
 KEY = jax.random.key(0)
 
@@ -158,8 +158,26 @@ def test_perturb_adds_sigma_eps_in_fp32(dtype):
     assert all(x.dtype == dtype for x in jax.tree.leaves(moved))
 
 
-def test_lowrank_perturb_factors_equal_the_materialised_perturbation():
-    config = ESConfig(population_size=2, sigma=0.1, noise="lowrank", rank=2, antithetic=True)
+def test_rms_noise_scale_moves_every_leaf_by_the_same_fraction():
+    """noise_scale="rms": leaf noise times rms(leaf) / rms(trainable); the total noise norm is that of "uniform"."""
+    params = {"big": 3.0 * jnp.ones((40, 10)), "small": 0.01 * jnp.ones(20), "frozen": jnp.full(5, 7.0)}
+    config = ESConfig(sigma=0.1, noise_scale="rms", freeze=("frozen",))
+    total = np.sqrt((400 * 9.0 + 20 * 1e-4) / 420)
+    scales = leaf_scales(config, params)  # tree order: big, frozen, small
+    np.testing.assert_allclose([float(s) for s in scales], [3.0 / total, 1.0, 0.01 / total], rtol=1e-6)
+    np.testing.assert_allclose(sum(float(s)**2 * x.size for s, x, k in zip(scales, jax.tree.leaves(params), (1, 0, 1))
+                                   if k), 420, rtol=1e-6)
+    moved, eps = perturb(config, params, KEY, 1, 2), member_noise(config, params, KEY, 1, 2)
+    for name in ("big", "small"):  # the same relative move, 0.1 * eps / total, on both scales
+        np.testing.assert_allclose((moved[name] - params[name]) / params[name], 0.1 * eps[name] / total, rtol=2e-4,
+                                   atol=1e-6)
+    np.testing.assert_array_equal(moved["frozen"], params["frozen"])
+    assert leaf_scales(ESConfig(), params) == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("noise_scale", ["uniform", "rms"])
+def test_lowrank_perturb_factors_equal_the_materialised_perturbation(noise_scale):
+    config = ESConfig(population_size=2, sigma=0.1, noise="lowrank", rank=2, antithetic=True, noise_scale=noise_scale)
     params = make_params()
     dense, lowrank = lowrank_perturb(config, params, KEY, 0, 1)
     assert lowrank["layers_0"]["conv"] is None

@@ -29,6 +29,16 @@ def test_centered_ranks():
     np.testing.assert_array_equal(centered_ranks(jnp.ones(5)), np.zeros(5))
 
 
+def test_top_pairs_keeps_the_elite_antithetic_pairs():
+    """ARS's top-b directions: pairs ranked by their better member; the rest get weight 0, the kept ones (N/2)/b."""
+    f = jnp.array([1.0, 0.0, 3.0, 3.0, 0.0, 0.0, 2.0, 5.0])  # pair maxima 1, 3, 0, 5: pairs 3 and 1 are the elite
+    plain = np.asarray(zscore(f))
+    top2 = np.asarray(shape_fitness_jit(ESConfig(population_size=8, antithetic=True, top_pairs=2), f)[0])
+    np.testing.assert_allclose(top2, np.array([0, 0, 2, 2, 0, 0, 2, 2]) * plain, rtol=1e-6)
+    every = shape_fitness_jit(ESConfig(population_size=8, antithetic=True, top_pairs=4), f)[0]
+    np.testing.assert_allclose(every, plain, rtol=1e-6)  # b = N / 2 is plain ES
+
+
 @pytest.mark.parametrize("shaping", ["zscore", "centered_rank", "none"])
 def test_nonfinite_fitness_counts_as_worst(shaping):
     config = ESConfig(population_size=6, shaping=shaping)
@@ -100,6 +110,9 @@ def test_config_defaults_are_the_paper_and_hashable():
     ({"optimizer": "adamm"}, 1, "optax optimizer name"),
     ({"freeze": ("(",)}, 1, "Invalid freeze regex"),
     ({"population_chunk": 0}, 1, "population_chunk"),
+    ({"noise_scale": "layer"}, 1, "noise_scale must be one of"),
+    ({"top_pairs": 2}, 1, "top_pairs needs antithetic"),
+    ({"population_size": 8, "antithetic": True, "top_pairs": 5}, 1, r"int in 1\.\.4"),
 ])
 def test_config_validation(kwargs, num_devices, message):
     with pytest.raises(ValueError, match=message):

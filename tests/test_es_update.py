@@ -21,11 +21,24 @@ def make_params(dtype=jnp.float32):
             "conv": jax.random.normal(k[1], (2, 3, 4), dtype), "norm": {"scale": jnp.ones(8, dtype)}}
 
 
+def rms_scales(config, params):
+    """noise_scale="rms" in float64: rms(leaf) / rms(all trainable leaves), 1 on frozen leaves."""
+    frozen = lambda path: config.is_frozen(jax.tree_util.keystr(path, simple=True, separator="/"))  # noqa: E731
+    flat = {path: np.asarray(x, np.float64) for path, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+    trained = [x for path, x in flat.items() if not frozen(path)]
+    total = np.sqrt(sum(np.sum(x**2) for x in trained) / sum(x.size for x in trained))
+    return jax.tree.unflatten(jax.tree.structure(params), [
+        1.0 if frozen(path) else np.sqrt(np.mean(x**2)) / total for path, x in flat.items()])
+
+
 def explicit_delta(config, params, iteration, fitness):
-    """alpha / N * sum_i w_i eps_i in float64, from materialised per-member noise."""
+    """alpha / N * sum_i w_i eps_i (times each leaf's noise scale) in float64, from materialised per-member noise."""
     weights = np.asarray(shape_fitness(config, fitness)[0], np.float64)
     eps = [member_noise(config, params, KEY, iteration, i) for i in range(config.population_size)]
-    return jax.tree.map(lambda *e: config.alpha / len(e) * np.einsum("i,i...->...", weights, np.stack(e, 0)), *eps)
+    scales = (rms_scales(config, params) if config.noise_scale == "rms"
+              else jax.tree.map(lambda _: 1.0, params))
+    return jax.tree.map(lambda s, *e: s * config.alpha / len(e) * np.einsum("i,i...->...", weights, np.stack(e, 0)),
+                        scales, *eps)
 
 
 def fp32(tree):
@@ -43,9 +56,11 @@ update_state_jit = jax.jit(update_state, static_argnums=0)
 
 @pytest.mark.parametrize("noise", ["full", "lowrank"])
 @pytest.mark.parametrize("antithetic", [False, True])
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_update_equals_explicit_sum_of_materialised_noise(noise, antithetic, dtype):
-    config = ESConfig(population_size=N, alpha=0.05, noise=noise, rank=2, antithetic=antithetic, freeze=("norm",))
+@pytest.mark.parametrize("dtype, noise_scale", [(jnp.float32, "uniform"), (jnp.bfloat16, "uniform"),
+                                                (jnp.float32, "rms")])
+def test_update_equals_explicit_sum_of_materialised_noise(noise, antithetic, dtype, noise_scale):
+    config = ESConfig(population_size=N, alpha=0.05, noise=noise, rank=2, antithetic=antithetic, freeze=("norm",),
+                      noise_scale=noise_scale)
     params, fitness = make_params(dtype), jax.random.uniform(jax.random.key(2), (N,))
     expected = jax.tree.map(lambda p, d: np.float64(fp32(p)) + d, params, explicit_delta(config, params, 3, fitness))
     if dtype == jnp.float32:

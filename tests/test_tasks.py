@@ -81,6 +81,28 @@ def test_countdown_reward_values_by_hand():
     assert task.reward("x</think> <answer>1</answer>", ex)[0] == pytest.approx(0.06)
 
 
+def test_countdown_partial_credit():
+    """A wrong answer over exactly the given numbers earns w * (1 - |value - target| / target); anything else keeps
+    the paper's reward, and accuracy is unchanged."""
+    task, ex = countdown(partial_credit=0.5), {"numbers": N3, "target": T3}
+    right, near, far = "44+19+35", "44+35-19", "44*19*35"  # 98, 60 (closeness 1 - 38/98), 29260 (0)
+    assert task.reward(f"</think>\n<answer>{right}</answer>", ex) == (pytest.approx(1.1), {
+        "format": 1.0, "answer": 1.0, "closeness": 1.0})
+    reward, parts = task.reward(f"</think>\n<answer>{near}</answer>", ex)
+    assert parts == {"format": 1.0, "answer": 0.0, "closeness": pytest.approx(60 / 98)}
+    assert reward == pytest.approx(0.1 + 0.5 * 60 / 98)
+    for wrong in (far, "44+19", "44+19+35+1", "98", "x"):  # too far, numbers missing or extra, not an expression
+        assert task.reward(f"</think>\n<answer>{wrong}</answer>", ex) == (pytest.approx(0.1), {
+            "format": 1.0, "answer": 0.0, "closeness": 0.0})
+    assert not task.is_correct(f"</think>\n<answer>{near}</answer>", ex)
+    assert task.part_names == ("format", "answer", "closeness") and countdown().part_names == ("format", "answer")
+    procedural = tasks.get("countdown_procedural", counts=3, partial_credit=0.25, train_size=4, test_size=4)
+    assert procedural.reward(f"</think>\n<answer>{near}</answer>", ex)[0] == pytest.approx(0.1 + 0.25 * 60 / 98)
+    for bad in (1.0, -0.1, "0.5", True):
+        with pytest.raises(TaskDataError, match="partial_credit"):
+            countdown(partial_credit=bad)
+
+
 def test_countdown_unary_minus_and_targets():
     task = countdown()
     ex = {"numbers": N3, "target": "60"}

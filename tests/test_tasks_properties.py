@@ -54,6 +54,7 @@ def _tasks():
             out[name] = tasks.get(name, path=tasks.data_path("countdown_example.json"), train_size=8, test_size=4)
         elif name == "countdown_procedural":
             out[name] = tasks.get(name, train_size=4, test_size=4, integer_only=False, target_range=None)
+            out[name + "+partial_credit"] = tasks.get(name, train_size=4, test_size=4, partial_credit=0.5)
         elif not name.startswith("test_user"):
             out[name] = tasks.get(name)
     return out

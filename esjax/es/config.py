@@ -14,6 +14,7 @@ from esjax import schedules
 from esjax.config_utils import strict_from_dict
 
 NOISE_KINDS = ("full", "lowrank")
+NOISE_SCALES = ("uniform", "rms")
 NON_MATRIX_MODES = ("full", "freeze")
 SHAPINGS = ("zscore", "centered_rank", "none")
 
@@ -35,12 +36,18 @@ class ESConfig:
         antithetic: members 2k and 2k+1 use ``+eps_k`` and ``-eps_k``.
         noise: "full" (iid normal per element) or "lowrank" (``A B^T / sqrt(rank)`` for 2-D leaves).
         rank: r of the low-rank factors.
+        noise_scale: "uniform" (the paper: every element's noise has scale sigma) or "rms": each leaf's noise,
+            in the perturbation and in the update, is multiplied by ``rms(leaf) / rms(all trainable params)`` of
+            the current params, so every leaf moves by the same fraction of its own size while the total noise
+            norm stays that of "uniform" (see ``noise.leaf_scales``).
         non_matrix: in low-rank mode, leaves with ndim != 2 get "full" noise or are frozen ("freeze").
         freeze: regexes, ``re.search``-ed against leaf paths such as "layers_0/self_attn/q_proj/kernel";
             matching leaves get zero noise and are never updated.
         shaping: fitness shaping, "zscore" (paper), "centered_rank" or "none".
         group_baseline: fitness arrives as [N, G] per-prompt-group scores; each group is z-scored across
             members before averaging over groups (see ``shaping.shape_fitness``).
+        top_pairs: with ``antithetic``, keep only the b pairs whose better member scored highest (ARS's elite
+            directions, Mania et al. 2018), their weights scaled by (N / 2) / b; None: all pairs.
         optimizer: None for the plain ES update, or the name of an optax optimizer ("sgd", "adam", ...)
             built with ``learning_rate=alpha`` and applied to the negated ES gradient estimate.
         optimizer_kwargs: extra optimizer arguments as ``((name, value), ...)`` (a dict is accepted and
@@ -60,10 +67,12 @@ class ESConfig:
     antithetic: bool = False
     noise: str = "full"
     rank: int = 1
+    noise_scale: str = "uniform"
     non_matrix: str = "full"
     freeze: tuple[str, ...] = ()
     shaping: str = "zscore"
     group_baseline: bool = False
+    top_pairs: int | None = None
     optimizer: str | None = None
     optimizer_kwargs: tuple[tuple[str, Any], ...] = ()
     master_fp32: bool = False
@@ -117,7 +126,7 @@ class ESConfig:
         schedules.validate_schedule(self.alpha_schedule, self.warmup_steps, self.total_steps, name="alpha_schedule")
         if not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"rank must be an int >= 1, got {self.rank!r}.")
-        for name, allowed in (("noise", NOISE_KINDS), ("non_matrix", NON_MATRIX_MODES),
+        for name, allowed in (("noise", NOISE_KINDS), ("noise_scale", NOISE_SCALES), ("non_matrix", NON_MATRIX_MODES),
                                                     ("shaping", SHAPINGS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
@@ -126,6 +135,10 @@ class ESConfig:
                 re.compile(pattern)
             except re.error as e:
                 raise ValueError(f"Invalid freeze regex {pattern!r}: {e}.") from None
+        if self.top_pairs is not None and not (self.antithetic and isinstance(self.top_pairs, int)
+                                                and 1 <= self.top_pairs <= n // 2):
+            raise ValueError(f"top_pairs needs antithetic=True and an int in 1..{n // 2} (N / 2), "
+                             f"got {self.top_pairs!r}.")
         if self.optimizer is not None and not callable(getattr(optax, str(self.optimizer), None)):
             raise ValueError(f"optimizer must be None or an optax optimizer name, got {self.optimizer!r}.")
         if self.optimizer is None and self.optimizer_kwargs:

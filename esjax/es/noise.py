@@ -106,15 +106,31 @@ def lowrank_factors(config: ESConfig, params: PyTree, run_key: Array, iteration:
                                         for leaf, kind, i in zip(jax.tree.leaves(params), kinds, ids)])
 
 
+def leaf_scales(config: ESConfig, params: PyTree) -> list[Array | float]:
+    """Per-leaf noise multipliers, aligned with ``jax.tree.leaves(params)``: 1.0 everywhere for
+    ``noise_scale="uniform"``; for "rms", float32 ``rms(leaf) / rms(all trainable leaves)`` (1.0 on frozen leaves),
+    so that ``sum(scale**2 * leaf.size)`` over trainable leaves equals their element count.
+    """
+    leaves, kinds = jax.tree.leaves(params), leaf_plan(config, params)[1]
+    if config.noise_scale == "uniform":
+        return [1.0] * len(leaves)
+    sq = [jnp.sum(jnp.square(x.astype(jnp.float32))) for x, k in zip(leaves, kinds) if k != FROZEN]
+    total_rms = jnp.sqrt(sum(sq) / sum(x.size for x, k in zip(leaves, kinds) if k != FROZEN))
+    return [1.0 if k == FROZEN else jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32)))) / total_rms
+            for x, k in zip(leaves, kinds)]
+
+
 def perturb(config: ESConfig, params: PyTree, run_key: Array, iteration: int | Array, member: int | Array) -> PyTree:
-    """``params + sigma * eps_member``, added in float32 and cast back to each leaf's dtype; frozen leaves as-is.
+    """``params + sigma * scale * eps_member`` (``scale`` from :func:`leaf_scales`), added in float32 and cast back
+    to each leaf's dtype; frozen leaves as-is.
 
     Materialises the noise of every leaf (low-rank ones too): meant for full-rank ES, e.g. under ``vmap`` over
     members. :func:`lowrank_perturb` gives the factored form.
     """
     factors = lowrank_factors(config, params, run_key, iteration, member)
-    return jax.tree.map(lambda p, f: p if f is None else add_scaled(p, config.sigma, _materialise(p, f)),
-                        params, factors)
+    scales = jax.tree.unflatten(jax.tree.structure(params), leaf_scales(config, params))
+    return jax.tree.map(lambda p, f, s: p if f is None else add_scaled(p, config.sigma * s, _materialise(p, f)),
+                        params, factors, scales)
 
 
 def lowrank_perturb(config: ESConfig, params: PyTree, run_key: Array, iteration: int | Array,
@@ -123,14 +139,16 @@ def lowrank_perturb(config: ESConfig, params: PyTree, run_key: Array, iteration:
 
     Returns ``(params', lowrank)``: ``params'`` has ``sigma * eps`` added to full-noise leaves only (low-rank and
     frozen leaves unchanged); ``lowrank`` mirrors ``params`` with ``{"a": [m, r], "b": [n, r]}`` float32 on
-    low-rank leaves, ``b`` scaled by ``sign * sigma / sqrt(r)`` so that ``a @ b.T = sigma * eps``, and None elsewhere.
+    low-rank leaves, ``b`` scaled by ``sign * sigma / sqrt(r)`` so that ``a @ b.T = sigma * eps``, and None elsewhere
+    (``sigma`` times each leaf's :func:`leaf_scales` entry throughout).
     """
     factors = lowrank_factors(config, params, run_key, iteration, member)
+    scales = jax.tree.unflatten(jax.tree.structure(params), leaf_scales(config, params))
     scale = config.sigma / math.sqrt(config.rank)
-    dense = jax.tree.map(lambda p, f: add_scaled(p, config.sigma, f) if isinstance(f, jax.Array) else p,
-                         params, factors)
-    lowrank = jax.tree.map(lambda p, f: {"a": f["a"], "b": scale * f["b"]} if isinstance(f, dict) else None,
-                           params, factors)
+    dense = jax.tree.map(lambda p, f, s: add_scaled(p, config.sigma * s, f) if isinstance(f, jax.Array) else p,
+                         params, factors, scales)
+    lowrank = jax.tree.map(lambda p, f, s: {"a": f["a"], "b": scale * s * f["b"]} if isinstance(f, dict) else None,
+                           params, factors, scales)
     return dense, lowrank
 
 

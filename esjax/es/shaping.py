@@ -47,6 +47,8 @@ def shape_fitness(config: ESConfig, fitness: Array) -> tuple[Array, dict[str, Ar
        group count equally, so easy or hard prompts with tiny score differences neither dominate nor vanish,
        and a group on which all members tie contributes exactly 0.
     3. ``config.shaping``: "zscore", "centered_rank" or "none" (raw fitness as weights).
+    4. ``config.top_pairs`` = b: only the b antithetic pairs with the highest ``max(f_2k, f_2k+1)`` keep their
+       weights, scaled by (N / 2) / b (ties go to the lower pair index).
 
     Returns ``(weights, metrics)``; metrics (float32 scalars): fitness_mean/std/min/max of the per-member fitness
     after step 1, and ``nonfinite`` (int32), the number of replaced scores.
@@ -69,4 +71,10 @@ def shape_fitness(config: ESConfig, fitness: Array) -> tuple[Array, dict[str, Ar
     shape = {"zscore": zscore, "centered_rank": centered_ranks, "none": lambda x: x}[config.shaping]
     metrics = {"fitness_mean": f.mean(), "fitness_std": f.std(), "fitness_min": f.min(), "fitness_max": f.max(),
                "nonfinite": jnp.sum(~finite, dtype=jnp.int32)}
-    return shape(member), metrics
+    weights = shape(member)
+    if config.top_pairs is not None:
+        pairs = weights.shape[0] // 2
+        _, elite = jax.lax.top_k(jnp.maximum(member[0::2], member[1::2]), config.top_pairs)
+        keep = jnp.zeros(pairs, jnp.float32).at[elite].set(pairs / config.top_pairs)
+        weights = weights * jnp.repeat(keep, 2)
+    return weights, metrics

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import optax
 
 from esjax.es.config import ESConfig
-from esjax.es.noise import FROZEN, LOWRANK, add_scaled, leaf_plan, noise_key, trainable_mask, unit_noise
+from esjax.es.noise import (FROZEN, LOWRANK, add_scaled, leaf_plan, leaf_scales, noise_key, trainable_mask,
+                            unit_noise)
 from esjax.es.shaping import shape_fitness
 
 Array = jax.Array
@@ -24,7 +25,8 @@ PyTree = Any
 
 def es_gradient(config: ESConfig, params: PyTree, run_key: Array, iteration: int | Array, weights: Array, *,
                 first_member: int | Array = 0) -> PyTree:
-    """The ES direction ``(1 / N) * sum_i w_i eps_i``, float32, shaped like ``params`` (zeros on frozen leaves).
+    """The ES direction ``(1 / N) * sum_i w_i eps_i``, float32, shaped like ``params`` (zeros on frozen leaves;
+    each leaf times its ``noise.leaf_scales`` entry, as the perturbations were).
 
     Args:
       weights: float [M], shaped fitness of members ``first_member .. first_member + M - 1`` (M = N for the whole
@@ -57,8 +59,9 @@ def es_gradient(config: ESConfig, params: PyTree, run_key: Array, iteration: int
         body = lambda j, acc: acc + coeffs[j] * noise(keys[j])  # noqa: E731
         return jax.lax.fori_loop(0, coeffs.shape[0], body, jnp.zeros(leaf.shape, jnp.float32))
 
-    return jax.tree.unflatten(treedef, [leaf_sum(leaf, kind, i)
-                                        for leaf, kind, i in zip(jax.tree.leaves(params), kinds, ids)])
+    scales = leaf_scales(config, params)
+    return jax.tree.unflatten(treedef, [s * leaf_sum(leaf, kind, i) for leaf, kind, i, s
+                                        in zip(jax.tree.leaves(params), kinds, ids, scales)])
 
 
 def apply_update(config: ESConfig, params: PyTree, run_key: Array, iteration: int | Array, fitness: Array) -> PyTree:

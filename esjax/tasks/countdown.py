@@ -114,34 +114,66 @@ def target_value(target: Any, paper_compat: bool = False) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def expression_value(expression: str, numbers: Sequence[int]) -> float | None:
+    """The value of ``expression`` if it uses exactly ``numbers`` once each and evaluates, else ``None``."""
+    literals = number_literals(expression)
+    if literals is None or sorted(literals) != sorted(numbers):
+        return None
+    return safe_eval(expression)
+
+
 def expression_matches(expression: str, numbers: Sequence[int], target: float | None) -> bool:
     """``expression`` uses exactly ``numbers`` once each and evaluates to ``target`` within 1e-5."""
     if target is None:
         return False
-    literals = number_literals(expression)
-    if literals is None or sorted(literals) != sorted(numbers):
-        return False
-    value = safe_eval(expression)
+    value = expression_value(expression, numbers)
     return value is not None and abs(value - target) < 1e-5
+
+
+def answer_expression(completion: str) -> str | None:
+    """The last <answer> block's expression if it is well formed (allowed characters, <= 256 long), else None."""
+    content = last_answer_block(completion)
+    if not content or len(content) > MAX_LENGTH:
+        return None
+    body = content[:-1] if content.endswith("\n") else content
+    return body if body and _ALLOWED.issuperset(body) else None
 
 
 def answer_score(completion: str, numbers: Sequence[int], target: Any, paper_compat: bool = False) -> float:
     """The paper's answer reward: 1.0 if the last <answer> block is a correct expression, else 0.0."""
-    content = last_answer_block(completion)
-    if not content or len(content) > MAX_LENGTH:
+    body = answer_expression(completion)
+    return 1.0 if body is not None and expression_matches(body, numbers, target_value(target, paper_compat)) else 0.0
+
+
+def closeness_score(completion: str, numbers: Sequence[int], target: Any) -> float:
+    """Partial credit in [0, 1]: ``max(0, 1 - |value - target| / max(|target|, 1))`` for an answer that uses exactly
+    the given numbers (right or wrong value), 0.0 for any other completion."""
+    body = answer_expression(completion)
+    goal = target_value(target)
+    value = None if body is None or goal is None else expression_value(body, numbers)
+    if value is None:
         return 0.0
-    body = content[:-1] if content.endswith("\n") else content
-    if not body or not _ALLOWED.issuperset(body):
-        return 0.0
-    return 1.0 if expression_matches(body, numbers, target_value(target, paper_compat)) else 0.0
+    return max(0.0, 1.0 - abs(value - goal) / max(abs(goal), 1.0))
 
 
 def countdown_reward(completion: str, numbers: Sequence[int], target: Any, *, paper_compat: bool = False,
-                     end_token: str | None = None) -> tuple[float, dict[str, float]]:
-    """``(0.1 * format + answer, {"format": ..., "answer": ...})``, the paper's reward."""
+                     end_token: str | None = None, partial_credit: float = 0.0) -> tuple[float, dict[str, float]]:
+    """``(0.1 * format + answer, {"format": ..., "answer": ...})``, the paper's reward; with ``partial_credit``
+    w > 0, a wrong answer adds ``w * closeness`` and the parts hold ``"closeness"`` (:func:`closeness_score`)."""
     fmt = format_score(completion, end_token)
     ans = answer_score(completion, numbers, target, paper_compat)
-    return 0.1 * fmt + ans, {"format": fmt, "answer": ans}
+    if not partial_credit:
+        return 0.1 * fmt + ans, {"format": fmt, "answer": ans}
+    close = closeness_score(completion, numbers, target)
+    return 0.1 * fmt + ans + (0.0 if ans else partial_credit * close), {"format": fmt, "answer": ans,
+                                                                          "closeness": close}
+
+
+def check_partial_credit(weight: Any) -> float:
+    """``weight`` as a float in [0, 1) (so a wrong answer always scores below a right one), else TaskDataError."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight < 1.0:
+        raise TaskDataError(f"partial_credit must be a number in [0, 1), got {weight!r}")
+    return float(weight)
 
 
 def validate_countdown_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -175,17 +207,18 @@ class CountdownTask(FileTask):
     Data options as ``FileTask``: rows {id, context, numbers, target, solution}; ``path`` defaults to the
     paper's file (see ``find_paper_file``), train = its first 200 rows, test = its last 2000. Also
     ``paper_compat``; ``end_token`` (stripped from the end before the format check, as the reference did);
-    ``truncated_reward`` defaults to ``None`` (truncation is ignored, as in the paper).
+    ``truncated_reward`` defaults to ``None`` (truncation is ignored, as in the paper); ``partial_credit`` w in
+    [0, 1) adds ``w * closeness`` to a wrong answer's reward (:func:`countdown_reward`; 0: the paper's reward).
     """
 
     name = "countdown"
     reward_range = (0.0, 1.1)
-    part_names = ("format", "answer")
 
     def __init__(self, path: str | Path | None = None, *, train_size: int | None = 200,
                  test_size: int | None = 2000, paper_compat: bool = False, end_token: str | None = None,
-                 truncated_reward: float | None = None, **options: Any):
+                 truncated_reward: float | None = None, partial_credit: float = 0.0, **options: Any):
         self.paper_compat, self.end_token = paper_compat, end_token
+        self.partial_credit = check_partial_credit(partial_credit)
         super().__init__(path, train_size=train_size, test_size=test_size, truncated_reward=truncated_reward,
                          **options)
 
@@ -206,7 +239,11 @@ class CountdownTask(FileTask):
 
     def score(self, completion: str, example: Example) -> tuple[float, dict[str, float]]:
         return countdown_reward(completion, example["numbers"], example["target"], paper_compat=self.paper_compat,
-                                end_token=self.end_token)
+                                end_token=self.end_token, partial_credit=self.partial_credit)
+
+    @property
+    def part_names(self) -> tuple[str, ...]:
+        return ("format", "answer", "closeness") if self.partial_credit else ("format", "answer")
 
 
 _BOXED_INSTRUCTION = ("Using each number exactly once and only + - * / and parentheses, write an expression "

@@ -22,7 +22,7 @@ from itertools import count as _count
 from typing import Any, Iterator, Sequence
 
 from esjax.tasks.base import Example, Task, TaskDataError, register
-from esjax.tasks.countdown import CountdownTask, paper_prompt
+from esjax.tasks.countdown import CountdownTask, check_partial_credit, paper_prompt
 
 OPERATIONS = ("+", "-", "*", "/")
 PROMPT_STYLES = ("paper", "short")
@@ -94,7 +94,7 @@ class ProceduralCountdownTask(CountdownTask):
     (inclusive, default (1, 99)); ``operations`` (subset of "+-*/"); ``integer_only``; ``target_range``
     (inclusive bounds, default (1, 100) like most of the paper's targets; None: any); ``train_size`` (200) and
     ``test_size`` (2000); ``prompt_style``: "paper" (the paper's prompt) or "short" (``short_prompt``); plus
-    ``paper_compat``, ``end_token``, ``truncated_reward`` as in ``countdown``. Splits are generated on first use;
+    ``paper_compat``, ``end_token``, ``truncated_reward``, ``partial_credit`` as in ``countdown``. Splits are generated on first use;
     ``task.problems(split)`` streams a split's problems without end (the split is its first rows).
     """
 
@@ -104,7 +104,8 @@ class ProceduralCountdownTask(CountdownTask):
                  number_range: tuple[int, int] = (1, 99), operations: Sequence[str] = OPERATIONS,
                  integer_only: bool = True, target_range: tuple[float, float] | None = (1, 100),
                  train_size: int = 200, test_size: int = 2000, prompt_style: str = "paper",
-                 paper_compat: bool = False, end_token: str | None = None, truncated_reward: float | None = None):
+                 paper_compat: bool = False, end_token: str | None = None, truncated_reward: float | None = None,
+                 partial_credit: float = 0.0):
         counts = (counts,) if isinstance(counts, int) else tuple(counts)
         lo, hi = number_range
         if not counts or any(not isinstance(c, int) or not 2 <= c <= 6 for c in counts):
@@ -123,6 +124,7 @@ class ProceduralCountdownTask(CountdownTask):
         self.options = dict(number_range=(lo, hi), operations=tuple(operations), integer_only=integer_only,
                             target_range=target_range)
         self.paper_compat, self.end_token, self.truncated_reward = paper_compat, end_token, truncated_reward
+        self.partial_credit = check_partial_credit(partial_credit)
         sizes = {"train": train_size, "test": test_size}
         Task.__init__(self, {s: (lambda s=s: self.generate(sizes[s], s)) for s in sizes})  # built on first use
 
