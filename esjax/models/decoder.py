@@ -132,6 +132,8 @@ class Attention(nn.Module):
             k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), index)
             v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), index)
             cache = {"k": k, "v": v}
+            if isinstance(cache_index, int):  # static (prefill): later slots are invisible to these queries
+                k, v, kv_mask = k[:, :, :cache_index + t], v[:, :, :cache_index + t], kv_mask[:, :cache_index + t]
             k, v = k.astype(self.dtype), v.astype(self.dtype)
         # Query t sits in cache slot cache_index + t and sees valid keys in slots <= its own.
         q_slot = cache_index + jnp.arange(t)
