@@ -11,6 +11,11 @@ Train and test are disjoint by construction: a problem (its sorted numbers and t
 given by the parity of its CRC-32, the two splits draw from different random streams, and each split is
 deduplicated. Same options and seed -> same problems. Rows have the paper's fields
 {id, context, numbers, target (a string), solution} and are scored by the paper's reward.
+
+Deduplication skews a long split: the common problems come first, so once a narrow option space is largely drawn,
+later problems are rarer and harder. With 3 numbers in 1..30 the embedded model solves 26% of train problems
+0-999, 25% of 5,000-5,999, 16% of 10,000-10,999 and 4% of 19,000-19,999; keep ``train_size`` near what a run
+consumes so training matches the test split's distribution (its first problems).
 """
 
 from __future__ import annotations
