@@ -99,8 +99,9 @@ class ProceduralCountdownTask(CountdownTask):
     (inclusive, default (1, 99)); ``operations`` (subset of "+-*/"); ``integer_only``; ``target_range``
     (inclusive bounds, default (1, 100) like most of the paper's targets; None: any); ``train_size`` (200) and
     ``test_size`` (2000); ``prompt_style``: "paper" (the paper's prompt) or "short" (``short_prompt``); plus
-    ``paper_compat``, ``end_token``, ``truncated_reward``, ``partial_credit`` as in ``countdown``. Splits are generated on first use;
-    ``task.problems(split)`` streams a split's problems without end (the split is its first rows).
+    ``paper_compat``, ``end_token``, ``truncated_reward``, ``partial_credit`` as in ``countdown``. Splits are
+    generated on first use; ``task.problems(split)`` streams a split's problems without end (the split is its first
+    rows).
     """
 
     name = "countdown_procedural"
