@@ -126,8 +126,8 @@ class ESConfig:
         schedules.validate_schedule(self.alpha_schedule, self.warmup_steps, self.total_steps, name="alpha_schedule")
         if not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"rank must be an int >= 1, got {self.rank!r}.")
-        for name, allowed in (("noise", NOISE_KINDS), ("noise_scale", NOISE_SCALES), ("non_matrix", NON_MATRIX_MODES),
-                                                    ("shaping", SHAPINGS)):
+        for name, allowed in (("noise", NOISE_KINDS), ("noise_scale", NOISE_SCALES),
+                              ("non_matrix", NON_MATRIX_MODES), ("shaping", SHAPINGS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}.")
         for pattern in self.freeze:

@@ -139,19 +139,22 @@ def answer_expression(completion: str) -> str | None:
     return body if body and _ALLOWED.issuperset(body) else None
 
 
+def answer_value(completion: str, numbers: Sequence[int]) -> float | None:
+    """The value of the last <answer> block if it is well formed and uses exactly ``numbers``, else None."""
+    body = answer_expression(completion)
+    return None if body is None else expression_value(body, numbers)
+
+
 def answer_score(completion: str, numbers: Sequence[int], target: Any, paper_compat: bool = False) -> float:
     """The paper's answer reward: 1.0 if the last <answer> block is a correct expression, else 0.0."""
-    body = answer_expression(completion)
-    return 1.0 if body is not None and expression_matches(body, numbers, target_value(target, paper_compat)) else 0.0
+    return _hit(answer_value(completion, numbers), target_value(target, paper_compat))
 
 
-def closeness_score(completion: str, numbers: Sequence[int], target: Any) -> float:
-    """Partial credit in [0, 1]: ``max(0, 1 - |value - target| / max(|target|, 1))`` for an answer that uses exactly
-    the given numbers (right or wrong value), 0.0 for any other completion."""
-    body = answer_expression(completion)
+def closeness_score(value: float | None, target: Any) -> float:
+    """Partial credit in [0, 1] of an answer's :func:`answer_value`: ``max(0, 1 - |value - target| / max(|target|,
+    1))``, 0.0 when there is no value (malformed, or not exactly the given numbers)."""
     goal = target_value(target)
-    value = None if body is None or goal is None else expression_value(body, numbers)
-    if value is None:
+    if value is None or goal is None:
         return 0.0
     return max(0.0, 1.0 - abs(value - goal) / max(abs(goal), 1.0))
 
@@ -161,12 +164,18 @@ def countdown_reward(completion: str, numbers: Sequence[int], target: Any, *, pa
     """``(0.1 * format + answer, {"format": ..., "answer": ...})``, the paper's reward; with ``partial_credit``
     w > 0, a wrong answer adds ``w * closeness`` and the parts hold ``"closeness"`` (:func:`closeness_score`)."""
     fmt = format_score(completion, end_token)
-    ans = answer_score(completion, numbers, target, paper_compat)
+    value = answer_value(completion, numbers)  # parsed and evaluated once for both scores
+    ans = _hit(value, target_value(target, paper_compat))
     if not partial_credit:
         return 0.1 * fmt + ans, {"format": fmt, "answer": ans}
-    close = closeness_score(completion, numbers, target)
+    close = closeness_score(value, target)
     return 0.1 * fmt + ans + (0.0 if ans else partial_credit * close), {"format": fmt, "answer": ans,
                                                                           "closeness": close}
+
+
+def _hit(value: float | None, target: float | None) -> float:
+    """1.0 if both are known and within 1e-5, else 0.0."""
+    return 1.0 if value is not None and target is not None and abs(value - target) < 1e-5 else 0.0
 
 
 def check_partial_credit(weight: Any) -> float:
