@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from esjax.inference import encode, render
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import Params
+from esjax.prompts import encode_prompts
 from esjax.sampling import SamplingConfig, bucket_length, generate_jit, pad_prompts
 from esjax.scoring import score_rows
 
@@ -33,13 +33,14 @@ class EvalResult:
 
 
 class PromptSet:
-    """Examples with their prompts tokenised once, left-padded to one bucketed length."""
+    """Examples with their prompts tokenised once (``esjax.prompts.encode_prompt``), left-padded to one bucketed
+    length."""
 
     def __init__(self, task: Any, tokenizer: Any, examples: Sequence[dict], pad_token_id: int):
         self.examples = list(examples)
         if not self.examples:
             raise ValueError(f"task {getattr(task, 'name', task)!r}: no examples to evaluate")
-        ids = encode(tokenizer, [render(tokenizer, task.prompt(e)) for e in self.examples])
+        ids = encode_prompts(tokenizer, [task.prompt(e) for e in self.examples])
         self.tokens, self.mask = pad_prompts(ids, pad_token_id, length=bucket_length(max(map(len, ids))))
 
     def __len__(self) -> int:

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import Params
+from esjax.prompts import encode_prompts
 from esjax.sampling import GenerateOutput, SamplingConfig, completion_ids, generate_jit, pad_prompts
 
 
@@ -31,21 +32,10 @@ def sampling_for(config: ModelConfig, tokenizer: Any, **settings: Any) -> Sampli
     return SamplingConfig(eos_token_ids=eos_ids(config, tokenizer), pad_token_id=pad_id(config, tokenizer), **settings)
 
 
-def render(tokenizer: Any, prompt: str | Sequence[dict[str, str]]) -> str:
-    """A raw text prompt as is; a chat conversation through the tokenizer's chat template."""
-    if isinstance(prompt, str):
-        return prompt
-    return tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
-
-
-def encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
-    return [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-
-
 def generate_texts(config: ModelConfig, params: Params, tokenizer: Any, prompts: Sequence[Any],
                    sampling: SamplingConfig, key: jax.Array | None = None) -> tuple[list[str], GenerateOutput]:
     """Generate for text or chat prompts; returns (completions without special tokens, raw output)."""
-    ids = encode(tokenizer, [render(tokenizer, p) for p in prompts])
+    ids = encode_prompts(tokenizer, prompts)
     tokens, mask = pad_prompts(ids, sampling.pad_token_id)
     key = jax.random.key(0) if key is None else key
     out = generate_jit(config, params, jnp.asarray(tokens), jnp.asarray(mask), key, sampling)

@@ -1,4 +1,4 @@
-"""GRPO policy loss and completion mask: DESIGN.md §3 test vector, a torch oracle of TRL, finite differences."""
+"""GRPO policy loss and completion mask: a hand-checked test vector, a torch oracle of TRL 1.16, finite differences."""
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +11,8 @@ from esjax.grpo import completion_mask, group_advantages, policy_loss
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 
 
-def test_design_test_vector():
+def test_fixed_test_vector():
+    """Advantages and the four aggregations on a fixed 4 x 4 case, without TRL's KL bias correction."""
     adv = group_advantages(jnp.array([1.0, 0.0, 0.5, 0.5]), group_size=2)
     np.testing.assert_allclose(adv, [0.7070068, -0.7070068, 0.0, 0.0], atol=1e-6)
     mask = jnp.array([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
@@ -22,20 +23,25 @@ def test_design_test_vector():
     expected = {"grpo": -0.0229958, "bnpo": -0.0913968, "dapo": -0.0913968, "dr_grpo": -0.0571230}
     for loss_type, value in expected.items():
         loss, metrics = policy_loss(
-            logp, old, ref, adv, mask, loss_type=loss_type, beta=0.04, epsilon=0.2, max_completion_length=4
+            logp, old, ref, adv, mask, loss_type=loss_type, beta=0.04, epsilon=0.2, max_completion_length=4,
+            use_bias_correction_kl=False,
         )
         assert loss.dtype == jnp.float32
         np.testing.assert_allclose(loss, value, atol=1e-6, err_msg=loss_type)
         np.testing.assert_allclose(metrics["kl"], 0.0214028, atol=1e-6)
 
 
-def trl_reference(logps, old, ref, adv, mask, loss_type, beta, eps_low, eps_high, max_len):
-    """TEST ORACLE, torch float64: TRL GRPOTrainer's per-token loss, loss_type aggregations and logged metrics,
-    transcribed from their documented formulas (one process, so dapo's num_items_in_batch = mask.sum())."""
+def trl_reference(logps, old, ref, adv, mask, loss_type, beta, eps_low, eps_high, max_len, bias_correction=True):
+    """TEST ORACLE, torch float64: TRL 1.16 GRPOTrainer._compute_loss (token-level importance sampling, one
+    process, so dapo's num_items_in_batch = mask.sum()), its loss_type aggregations and logged metrics,
+    transcribed from TRL's formulas. ``old=None``: on-policy, TRL's ``old = logps.detach()``."""
+    old = logps.detach() if old is None else old
     coef_1 = torch.exp(logps - old)
     coef_2 = torch.clamp(coef_1, 1 - eps_low, 1 + eps_high)
     a = adv.unsqueeze(1)
     per_token_kl = torch.exp(ref - logps) - (ref - logps) - 1
+    if bias_correction:  # use_bias_correction_kl (TRL's default): the KL times the importance ratio
+        per_token_kl = per_token_kl * coef_1
     per_token_loss = -torch.min(coef_1 * a, coef_2 * a) + beta * per_token_kl
     if loss_type == "grpo":
         loss = ((per_token_loss * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
@@ -72,10 +78,12 @@ def random_case(seed, B=6, T=7):
     return [x.astype(np.float32) for x in (logps, old, ref, adv, mask)]
 
 
+@pytest.mark.parametrize("bias_correction", [True, False])
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_matches_trl_oracle(loss_type):
+def test_matches_trl_oracle(loss_type, bias_correction):
     logps, old, ref, adv, mask = random_case(0)
-    kw = dict(loss_type=loss_type, beta=0.04, epsilon=0.2, epsilon_high=0.28, max_completion_length=9)
+    kw = dict(loss_type=loss_type, beta=0.04, epsilon=0.2, epsilon_high=0.28, max_completion_length=9,
+              use_bias_correction_kl=bias_correction)
 
     def jax_loss(lp):
         return policy_loss(lp, old, ref, adv, mask, **kw)
@@ -84,7 +92,8 @@ def test_matches_trl_oracle(loss_type):
 
     t_logps = torch.tensor(logps, dtype=torch.float64, requires_grad=True)
     t_loss, t_metrics = trl_reference(
-        t_logps, *(torch.tensor(x, dtype=torch.float64) for x in (old, ref, adv, mask)), loss_type, 0.04, 0.2, 0.28, 9
+        t_logps, *(torch.tensor(x, dtype=torch.float64) for x in (old, ref, adv, mask)), loss_type, 0.04, 0.2, 0.28, 9,
+        bias_correction,
     )
     t_loss.backward()
     assert 0 < float(t_metrics["clip_ratio_low"]) and 0 < float(t_metrics["clip_ratio_high"])  # both edges hit
@@ -94,6 +103,29 @@ def test_matches_trl_oracle(loss_type):
     for k, v in t_metrics.items():
         assert metrics[k].dtype == jnp.float32
         np.testing.assert_allclose(metrics[k], v.item(), rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_bias_correction_on_policy_matches_trl(loss_type):
+    """On-policy (old = None) the ratio is 1 but its gradient is not: the corrected KL gradient is TRL's."""
+    logps, _, ref, adv, mask = random_case(5)
+    kw = dict(loss_type=loss_type, beta=0.1, max_completion_length=9)
+    grads = {}
+    for bias_correction in (True, False):
+        kw["use_bias_correction_kl"] = bias_correction
+        (loss, metrics), grad = jax.value_and_grad(lambda lp: policy_loss(lp, None, ref, adv, mask, **kw),
+                                                   has_aux=True)(jnp.asarray(logps))
+        t_logps = torch.tensor(logps, dtype=torch.float64, requires_grad=True)
+        t_ref, t_adv, t_mask = (torch.tensor(x, dtype=torch.float64) for x in (ref, adv, mask))
+        t_loss, t_metrics = trl_reference(t_logps, None, t_ref, t_adv, t_mask, loss_type, 0.1, 0.2, 0.2, 9,
+                                          bias_correction)
+        t_loss.backward()
+        np.testing.assert_allclose(loss, t_loss.item(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(grad, t_logps.grad.numpy(), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(metrics["kl"], t_metrics["kl"].item(), rtol=1e-5)
+        grads[bias_correction] = np.asarray(grad)
+    change = np.abs(grads[True] - grads[False]).max() / np.abs(grads[False]).max()
+    assert change > 0.01  # the correction changes the gradient on-policy (here by ~5%)
 
 
 @pytest.mark.parametrize("loss_type", LOSS_TYPES)

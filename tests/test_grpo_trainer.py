@@ -81,6 +81,8 @@ def test_config_validation():
         GRPOConfig(lr_schedule="cosine", warmup_steps=10, total_steps=5)
     with pytest.raises(ValueError, match="num_generations"):
         GRPOConfig(num_generations=1)
+    with pytest.raises(ValueError, match="use_bias_correction_kl"):
+        GRPOConfig(use_bias_correction_kl="yes")
     config = GRPOConfig(num_generations=4, grad_accum_steps=2)
     config.validate(num_devices=4, rollout_batch=8)
     with pytest.raises(ValueError, match=r"multiple of num_devices \* grad_accum_steps = 4 \* 2 = 8"):
@@ -124,6 +126,21 @@ def test_gradient_matches_finite_differences():
     numeric = (loss(1.0) - loss(-1.0)) / (2 * h)
     assert abs(float(analytic)) > 1e-2
     np.testing.assert_allclose(float(analytic), float(numeric), rtol=1e-3)
+
+
+def test_config_bias_correction_reaches_the_loss():
+    """``GRPOConfig.use_bias_correction_kl`` (TRL's default True) is the loss's: KL times the importance ratio."""
+    prompts, mask, completions, rewards = _rollout()
+    params = _params()
+    config = GRPOConfig(num_generations=G, beta=0.5)
+    assert config.use_bias_correction_kl
+    batch = build_batch(config, SAMPLING, jnp.asarray(prompts), jnp.asarray(mask), jnp.asarray(completions),
+                        jnp.asarray(rewards))
+    logps, _ = _logps(MODEL, params, batch.tokens, batch.attention_mask, SAMPLING.max_new_tokens, temperature=1.0)
+    batch = batch._replace(old_logps=logps + 0.1, ref_logps=logps - 0.3)  # ratio exp(-0.1) on every token
+    on = grpo_loss(config, MODEL, params, batch)[1]["kl"]
+    off = grpo_loss(dataclasses.replace(config, use_bias_correction_kl=False), MODEL, params, batch)[1]["kl"]
+    np.testing.assert_allclose(on, off * np.exp(-0.1), rtol=1e-5)
 
 
 # Adam's first step is ~lr * sign(g): coordinates with |g| near adam_eps would turn float reduction-order noise

@@ -65,12 +65,17 @@ def policy_loss(
     epsilon_high: float | None = None,
     max_completion_length: int | None = None,
     num_items_in_batch: ArrayLike | None = None,
+    use_bias_correction_kl: bool = True,
 ) -> tuple[Array, dict[str, Array]]:
-    """GRPO loss with TRL's definitions.
+    """GRPO loss with TRL's definitions (TRL 1.16, token-level importance sampling).
 
     Per token, with ``ratio = exp(logp - old)`` and ``k3 = exp(ref - logp) - (ref - logp) - 1``::
 
-        loss_t = -min(ratio * A, clip(ratio, 1 - epsilon, 1 + epsilon_high) * A) + beta * k3
+        kl_t   = k3 * ratio  if use_bias_correction_kl  else  k3
+        loss_t = -min(ratio * A, clip(ratio, 1 - epsilon, 1 + epsilon_high) * A) + beta * kl_t
+
+    The correction (TRL's default, from DeepSeek-V3.2) makes the KL gradient the unbiased reverse-KL gradient.
+    The ratio is differentiable, so it changes the gradient even on-policy, where its value is exactly 1.
 
     Aggregations (``m`` the mask, sums over valid tokens):
         ``grpo``: mean over rows of ``sum_t m loss_t / max(sum_t m, 1)``;
@@ -94,10 +99,11 @@ def policy_loss(
             under ``jit``. A caller that computes per-replica losses (``shard_map``/``pmap``) passes the global
             token count if it sums replica gradients, or ``global_count / num_replicas`` if it averages them
             (TRL's ``num_items_in_batch / num_processes``).
+        use_bias_correction_kl: multiply the per-token KL by the importance ratio (TRL's default, True).
 
     Returns:
         ``(loss, metrics)``: scalar loss and float32 scalars, all masked token means as TRL logs them:
-        ``kl`` (mean k3; present only when ``ref_logps`` is given), ``clip_ratio_low`` (ratio < 1 - eps with
+        ``kl`` (mean ``kl_t``; present only when ``ref_logps`` is given), ``clip_ratio_low`` (ratio < 1 - eps with
         A < 0), ``clip_ratio_high`` (ratio > 1 + eps_high with A > 0), ``clip_ratio`` (either) and
         ``ratio_mean``. The loss is float32 (or wider if the inputs are).
     """
@@ -118,10 +124,12 @@ def policy_loss(
     metrics = {}
     if ref_logps is not None:
         delta = jnp.asarray(ref_logps, dtype) - logps
-        k3 = jnp.exp(delta) - delta - 1
-        metrics["kl"] = k3
+        kl = jnp.exp(delta) - delta - 1
+        if use_bias_correction_kl:
+            kl = kl * ratio
+        metrics["kl"] = kl
         if beta != 0.0:
-            per_token = per_token + beta * k3
+            per_token = per_token + beta * kl
     loss = _aggregate(per_token, mask, loss_type, max_completion_length, num_items_in_batch)
 
     low = (ratio < 1 - eps_low) & (adv < 0)

@@ -57,7 +57,12 @@ ScoreFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
 @dataclasses.dataclass(frozen=True)
 class GRPOConfig:
-    """GRPO settings (TRL's names and defaults where TRL has them); frozen and hashable.
+    """GRPO settings with TRL's names; frozen and hashable.
+
+    Defaults are TRL 1.16's ``GRPOConfig`` (with ``TrainingArguments``' AdamW and clipping) except two:
+    ``loss_type`` is "grpo" (TRL: "dapo"), the per-completion mean of the GRPO paper and of the ES-vs-GRPO
+    reference code; ``lr_schedule`` is "constant" (TRL: "linear"), because a decay needs the run's length, which
+    a config built on its own does not know (``esjax train`` fills ``total_steps`` in for "linear"/"cosine").
 
     Attributes:
         num_generations: G, completions sampled per prompt (>= 2).
@@ -70,6 +75,8 @@ class GRPOConfig:
         loss_type: "grpo" | "bnpo" | "dr_grpo" | "dapo" (see :func:`esjax.grpo.policy_loss`).
         beta: KL coefficient. 0: no reference model is kept and no reference forward pass runs.
         epsilon, epsilon_high: clip range ``[1 - epsilon, 1 + epsilon_high]`` (None: ``epsilon``).
+        use_bias_correction_kl: multiply the per-token KL by the importance ratio (TRL's default; matters only
+            when ``beta > 0``, and then even on-policy, through the ratio's gradient).
         scale_rewards: "group" | "batch" | "none" (see :func:`esjax.grpo.group_advantages`).
         num_iterations: mu, optimizer steps per rollout; with mu > 1 the old log-probs are computed once, before
             the first of them.
@@ -93,6 +100,7 @@ class GRPOConfig:
     beta: float = 0.0
     epsilon: float = 0.2
     epsilon_high: float | None = None
+    use_bias_correction_kl: bool = True
     scale_rewards: str = "group"
     num_iterations: int = 1
     grad_accum_steps: int = 1
@@ -141,6 +149,9 @@ class GRPOConfig:
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and value >= 0):
                 raise ValueError(f"{name} must be a number >= 0 (or None), got {value!r}.")
+        for name in ("use_bias_correction_kl",):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}.")
         if self.logprob_chunk_size is not None:
             positive_int("logprob_chunk_size")
         schedules.validate_schedule(self.lr_schedule, self.warmup_steps, self.total_steps, name="lr_schedule")
@@ -272,7 +283,7 @@ def grpo_loss(config: GRPOConfig, model_config: ModelConfig, params: Params, bat
     loss, metrics = policy_loss(logps, batch.old_logps, batch.ref_logps, batch.advantages, batch.completion_mask,
                                 loss_type=config.loss_type, beta=config.beta, epsilon=config.epsilon,
                                 epsilon_high=config.epsilon_high, max_completion_length=T,
-                                num_items_in_batch=num_items)
+                                num_items_in_batch=num_items, use_bias_correction_kl=config.use_bias_correction_kl)
     mask = batch.completion_mask.astype(jnp.float32)
     metrics["entropy"] = jax.lax.stop_gradient((entropy * mask).sum() / jnp.maximum(mask.sum(), 1))
     return loss, metrics

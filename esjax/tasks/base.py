@@ -15,6 +15,8 @@ import importlib.util
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from esjax.prompts import render
+
 Example = dict[str, Any]
 Messages = list[dict[str, str]]
 
@@ -87,11 +89,9 @@ class Task:
     def render_prompt(self, example: Example, tokenizer: Any = None) -> str:
         """The prompt as text: raw prompts as they are, chat prompts through the tokenizer's chat template."""
         prompt = self.prompt(example)
-        if isinstance(prompt, str):
-            return prompt
-        if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        if not isinstance(prompt, str) and not getattr(tokenizer, "chat_template", None):
             raise ValueError(f"task {self.name!r} has chat prompts: pass a tokenizer that has a chat template")
-        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        return render(tokenizer, prompt)
 
     # -- scoring -----------------------------------------------------------------------------------------
     def score(self, completion: str, example: Example) -> tuple[float, dict[str, float]]:
