@@ -44,17 +44,22 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from esjax.models import save_hf
+    from esjax.models import describe_hf, save_hf
+    from esjax.models.export import parse_size
+    if args.max_shard_size is not None:
+        parse_size(args.max_shard_size, "--max-shard-size")  # before loading anything
     model = _load(args.model)
     out = save_hf(model.config, model.params, args.to_hf, source_dir=model.source_dir, dtype=args.dtype,
                   max_shard_size=args.max_shard_size, overwrite=args.overwrite)
-    print(f"wrote Hugging Face model {out}")
+    layout = f"shards of at most {args.max_shard_size}" if args.max_shard_size else "the source's shard layout"
+    print(f"wrote Hugging Face model {out}: {describe_hf(out)}; {layout}")
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
     import jax
 
     from esjax.inference import generate_texts, sampling_for
+    from esjax.sampling import EmptyPromptError
     from esjax.tokenizer import load_tokenizer
     model = _load(args.model, args.dtype)
     if model.tokenizer_dir is None:
@@ -63,8 +68,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
     prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
     sampling = sampling_for(model.config, tokenizer, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                             top_p=args.top_p, top_k=args.top_k)
-    texts, _ = generate_texts(model.config, model.params, tokenizer, [prompt] * args.num_samples, sampling,
-                              jax.random.key(args.seed))
+    try:
+        texts, _ = generate_texts(model.config, model.params, tokenizer, [prompt] * args.num_samples, sampling,
+                                  jax.random.key(args.seed))
+    except EmptyPromptError:
+        raise UsageError(f"--prompt {args.prompt!r} encodes to no tokens with the model's tokenizer "
+                         f"({type(tokenizer).__name__} from {model.tokenizer_dir})") from None
     for i, text in enumerate(texts):
         if args.num_samples > 1:
             print(f"--- sample {i}")
@@ -182,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", metavar="CKPT_OR_DIR")
     p.add_argument("--to-hf", required=True, metavar="OUT")
     p.add_argument("--dtype", choices=dtypes, default=None, help="weight dtype (default: the params')")
-    p.add_argument("--max-shard-size", default="5GB")
+    p.add_argument("--max-shard-size", default=None, metavar="SIZE",
+                   help="e.g. 500MB, 2GB or bytes (default: the source's shard layout, else 5GB shards)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     p.set_defaults(func=cmd_export)
 

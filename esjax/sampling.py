@@ -43,6 +43,10 @@ class SamplingConfig:
         return self.temperature == 0
 
 
+class EmptyPromptError(ValueError):
+    """A prompt that encodes to no tokens (there is nothing to condition on)."""
+
+
 class GenerateOutput(NamedTuple):
     tokens: Array  # int32 [B, max_new_tokens], pad_token_id after a row's end
     logps: Array  # float32 [B, max_new_tokens], log p(token) under logits / temperature; 0 after the end
@@ -177,7 +181,14 @@ def bucket_length(n: int, minimum: int = 16) -> int:
 
 def pad_prompts(token_lists: Sequence[Sequence[int]], pad_token_id: int, length: int | None = None,
                 minimum: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """Left-pad id lists to ``length`` (default: the bucketed longest) -> (tokens int32 [B, P], mask int32 [B, P])."""
+    """Left-pad id lists to ``length`` (default: the bucketed longest) -> (tokens int32 [B, P], mask int32 [B, P]).
+
+    Raises :class:`EmptyPromptError` for an empty id list.
+    """
+    empty = [row for row, ids in enumerate(token_lists) if not len(ids)]
+    if empty:
+        raise EmptyPromptError(f"prompt {empty[0]} encodes to no tokens"
+                               + (f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""))
     longest = max(map(len, token_lists))
     length = length or bucket_length(longest, minimum)
     if longest > length:
@@ -185,9 +196,8 @@ def pad_prompts(token_lists: Sequence[Sequence[int]], pad_token_id: int, length:
     tokens = np.full((len(token_lists), length), pad_token_id, np.int32)
     mask = np.zeros((len(token_lists), length), np.int32)
     for row, ids in enumerate(token_lists):
-        if len(ids):
-            tokens[row, length - len(ids):] = ids
-            mask[row, length - len(ids):] = 1
+        tokens[row, length - len(ids):] = ids
+        mask[row, length - len(ids):] = 1
     return tokens, mask
 
 

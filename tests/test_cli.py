@@ -69,3 +69,41 @@ def test_export_refuses_existing_target(qwen2_dir, tmp_path, capsys):
     _, a = models.load_hf(qwen2_dir)
     _, b = models.load_hf(out)
     np.testing.assert_array_equal(a["embed_tokens"]["embedding"], b["embed_tokens"]["embedding"])
+
+
+def test_export_says_what_it_wrote(qwen2_dir, tmp_path, capsys):
+    assert main(["export", str(qwen2_dir), "--to-hf", str(tmp_path / "a"), "--dtype", "bfloat16"]) == 0
+    line = capsys.readouterr().out
+    assert line.count("\n") == 1 and "1 weight file model.safetensors (" in line and "bfloat16" in line
+    assert "the source's shard layout" in line
+    assert main(["export", str(qwen2_dir), "--to-hf", str(tmp_path / "b"), "--max-shard-size", "20KB"]) == 0
+    line = capsys.readouterr().out
+    assert line.count("\n") == 1 and "model-00001-of-" in line and "float32" in line and "at most 20KB" in line
+
+
+@pytest.mark.parametrize("size", ["0", "-1GB", "lots", "5XB"])
+def test_bad_max_shard_size_is_one_line_exit_2(qwen2_dir, tmp_path, capsys, size):
+    assert main(["export", str(qwen2_dir), "--to-hf", str(tmp_path / "o"), f"--max-shard-size={size}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--max-shard-size" in err and repr(size) in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prompt_that_encodes_to_nothing_is_one_line_exit_2(tmp_path, capsys):
+    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from esjax.testing import make_tiny_hf_model
+    source = make_tiny_hf_model("qwen2", tmp_path / "m", with_tokenizer=False)
+    core = Tokenizer(tok_models.WordLevel(vocab={"<eos>": 0, "<pad>": 1, "[UNK]": 2, "hello": 3}, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", pad_token="<pad>",
+                            unk_token="[UNK]").save_pretrained(str(source))
+    # transformers rebuilds a qwen2 model's tokenizer from the model type: this word-level one then encodes to []
+    assert main(["convert", "--from-hf", str(source), "--out", str(tmp_path / "ckpt")]) == 0
+    capsys.readouterr()
+    for model in (source, tmp_path / "ckpt"):
+        assert main(["generate", "--model", str(model), "--prompt", "hello", "--max-new-tokens", "2"]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1
+        assert "--prompt 'hello' encodes to no tokens" in captured.err and "Qwen2Tokenizer" in captured.err

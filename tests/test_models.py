@@ -160,12 +160,12 @@ def test_failed_export_leaves_nothing(tiny_model_dirs, tmp_path, monkeypatch):
     broken = dict(params, norm={"scale": jnp.zeros((3,))})
     with pytest.raises(models.CheckpointError, match=r"norm/scale.*\(3,\).*\(64,\)"):
         models.save_hf(config, broken, tmp_path / "out")
-    from esjax.models import hf
+    from esjax.models import export
 
     def fail_midway(path, entries, metadata=None):
         path.write_bytes(b"partial")
         raise OSError("disk full")
-    monkeypatch.setattr(hf, "write_file", fail_midway)
+    monkeypatch.setattr(export, "write_file", fail_midway)
     with pytest.raises(OSError, match="disk full"):
         models.save_hf(config, params, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []

@@ -111,3 +111,9 @@ def test_early_exit_when_all_rows_done(tiny_model_dirs):
     out = generate_jit(config, params, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(0),
                        SamplingConfig(max_new_tokens=50, eos_token_ids=eos, pad_token_id=1))
     assert np.asarray(out.lengths).tolist() == [1] * len(PROMPTS) and np.asarray(out.finished).all()
+
+
+def test_empty_prompt_is_an_error():
+    from esjax.sampling import EmptyPromptError
+    with pytest.raises(EmptyPromptError, match="prompt 1 encodes to no tokens .and 1 more"):
+        pad_prompts([[3, 4], [], [5], []], 1)

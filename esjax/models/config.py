@@ -23,7 +23,8 @@ class ModelConfigError(ValueError):
 class ModelConfig:
     """Everything the decoder needs; hashable so it can be a static jit argument.
 
-    ``rope_scaling`` is a tuple of (key, value) pairs (hashable) holding the normalised RoPE parameters.
+    ``rope_scaling`` is a tuple of (key, value) pairs (hashable) holding the normalised RoPE parameters. The
+    ``hf_*_json`` fields keep the source's files for export (not compared: no effect on compiled code).
     """
 
     model_type: str
@@ -47,6 +48,8 @@ class ModelConfig:
     bos_token_id: int | None = None
     pad_token_id: int | None = None
     hf_config_json: str = dataclasses.field(default="{}", compare=False, repr=False)
+    hf_generation_json: str = dataclasses.field(default="{}", compare=False, repr=False)
+    hf_weight_map_json: str = dataclasses.field(default="{}", compare=False, repr=False)  # tensor name -> file
 
     @property
     def num_groups(self) -> int:
@@ -93,6 +96,16 @@ class ModelConfig:
         """The original ``config.json`` contents (for export)."""
         return json.loads(self.hf_config_json)
 
+    def to_generation_dict(self) -> dict[str, Any]:
+        """``generation_config.json`` for export: the source's (sampling defaults and all) with this config's
+        bos / eos / pad ids merged in."""
+        gen = json.loads(self.hf_generation_json) or {"_from_model_config": True}
+        eos = self.eos_token_ids[0] if len(self.eos_token_ids) == 1 else list(self.eos_token_ids) or None
+        for key, value in (("bos_token_id", self.bos_token_id), ("eos_token_id", eos), ("pad_token_id", self.pad_token_id)):
+            if value is not None and _as_ids(gen.get(key)) != _as_ids(value):
+                gen[key] = value
+        return gen
+
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["rope_scaling"] = dict(self.rope_scaling)
@@ -104,6 +117,10 @@ class ModelConfig:
         d["rope_scaling"] = tuple(sorted(d["rope_scaling"].items()))
         d["eos_token_ids"] = tuple(d["eos_token_ids"])
         return cls(**d)
+
+
+def _as_ids(value: Any) -> tuple:
+    return tuple(value) if isinstance(value, list) else (value,)
 
 
 def _require(cfg: dict[str, Any], key: str, typ: type, where: str) -> Any:
@@ -210,6 +227,7 @@ def config_from_hf(cfg: dict[str, Any], generation_config: dict[str, Any] | None
         bos_token_id=gen.get("bos_token_id", cfg.get("bos_token_id")),
         pad_token_id=gen.get("pad_token_id", cfg.get("pad_token_id")),
         hf_config_json=json.dumps(cfg, sort_keys=True),
+        hf_generation_json=json.dumps(gen, sort_keys=True),
     )
 
 

@@ -1,14 +1,13 @@
-"""Hugging Face checkpoints in and out: safetensors (single or sharded) <-> the decoder's params pytree."""
+"""Hugging Face checkpoints in: safetensors (single or sharded) -> the decoder's params pytree (export: ``export``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import shutil
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -82,7 +81,8 @@ def load_hf(path: str | Path, dtype: Any = "float32", sharding: Any = None) -> t
     dtype: parameter dtype ("float32", "bfloat16", "float16", or None to keep the checkpoint's). Tensors are
     read one at a time from memory-mapped files, converted and placed (with ``sharding`` — a
     ``jax.sharding.Sharding`` or a pytree of them matching params — when given), so host memory never holds two
-    copies of the model. Every parameter must be present; unknown keys are reported with a warning.
+    copies of the model. Every parameter must be present; unknown keys are reported with a warning. The returned
+    config records which file held each tensor (``hf_weight_map_json``), the layout an export keeps.
     """
     model_dir = Path(path)
     config = load_config(model_dir)
@@ -91,9 +91,10 @@ def load_hf(path: str | Path, dtype: Any = "float32", sharding: Any = None) -> t
     shapes = traverse_util.flatten_dict(param_shapes(config))
     shardings = _sharding_for(sharding, shapes)
     flat: dict[tuple[str, ...], jax.Array] = {}
-    unknown = []
+    unknown, weight_map = [], {}
     for file in safetensors_files(model_dir):
         for name, tensor in iter_tensors(file):
+            weight_map[name] = file.name
             if name not in names:
                 if name == "lm_head.weight" and config.tie_word_embeddings or name.endswith(_IGNORED_SUFFIXES):
                     continue
@@ -115,6 +116,7 @@ def load_hf(path: str | Path, dtype: Any = "float32", sharding: Any = None) -> t
     if unknown:
         warnings.warn(f"{model_dir}: ignored {len(unknown)} unknown checkpoint keys: {', '.join(unknown[:8])}",
                       stacklevel=2)
+    config = dataclasses.replace(config, hf_weight_map_json=json.dumps(weight_map, sort_keys=True))
     return config, traverse_util.unflatten_dict(flat)
 
 
@@ -138,124 +140,14 @@ def check_param_shapes(config: ModelConfig, flat_params: dict) -> None:
                                   f"expected {tuple(want[key].shape)}")
 
 
-def _parse_size(size: int | str) -> int:
-    if isinstance(size, int):
-        return size
-    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
-    s = size.strip().upper()
-    for unit in sorted(units, key=len, reverse=True):
-        if s.endswith(unit):
-            return int(float(s[: -len(unit)]) * units[unit])
-    return int(s)
-
-
-def _shard_plan(entries: list, max_bytes: int) -> list[list]:
-    shards, current, used = [], [], 0
-    for entry in entries:
-        size = int(np.prod(entry[1], dtype=np.int64)) * np.dtype(entry[2]).itemsize
-        if current and used + size > max_bytes:
-            shards.append(current)
-            current, used = [], 0
-        current.append(entry)
-        used += size
-    return shards + [current]
-
-
-def save_hf(config: ModelConfig, params: Params, out_dir: str | Path, source_dir: str | Path | None = None,
-            dtype: Any = None, *, max_shard_size: int | str = "5GB", overwrite: bool = False) -> Path:
-    """Write an HF model directory that ``transformers.AutoModelForCausalLM.from_pretrained`` loads.
-
-    Weights go to ``model.safetensors`` (or shards + index above ``max_shard_size``), metadata format=pt, in
-    ``dtype`` (default: the params' own). config.json, generation_config.json and tokenizer files come from
-    ``source_dir`` when given. Written to a temporary sibling directory, then renamed into place, so a failure never
-    leaves a half-written model; a non-empty ``out_dir`` is refused unless ``overwrite``.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out_dir} exists and is not empty (pass overwrite=True / --overwrite to replace it)")
-    flat = traverse_util.flatten_dict(params)
-    check_param_shapes(config, flat)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    out_dtype = np.dtype(jnp.dtype(dtype)) if dtype is not None else None
-
-    def entry(name: str, key: tuple[str, ...], transpose: bool):
-        leaf = flat[key]
-        leaf_dtype = out_dtype or np.dtype(leaf.dtype)
-        shape = tuple(leaf.shape[::-1]) if transpose else tuple(leaf.shape)
-
-        def get(leaf=leaf, transpose=transpose, leaf_dtype=leaf_dtype) -> np.ndarray:
-            host = np.asarray(jax.device_get(leaf))
-            return (host.T if transpose else host).astype(leaf_dtype, copy=False)
-        return name, shape, leaf_dtype, get
-
-    entries = [entry(name, key, t) for name, (key, t) in hf_name_map(config).items()]
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        shards = _shard_plan(entries, _parse_size(max_shard_size))
-        if len(shards) == 1:
-            write_file(tmp / "model.safetensors", shards[0])
-        else:
-            weight_map, total = {}, 0
-            for i, shard in enumerate(shards, 1):
-                fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-                write_file(tmp / fname, shard)
-                for name, shape, dt, _ in shard:
-                    weight_map[name] = fname
-                    total += int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize
-            (tmp / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-        _write_configs(config, tmp, source_dir, entries[0][2])
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
-
-
-def _write_configs(config: ModelConfig, tmp: Path, source_dir: str | Path | None, weight_dtype: np.dtype) -> None:
-    hf = config.to_hf_dict()
-    dtype_name = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}[weight_dtype.name]
-    for key in ("torch_dtype", "dtype"):
-        if key in hf:
-            hf[key] = dtype_name
-    if "torch_dtype" not in hf and "dtype" not in hf:
-        hf["dtype"] = dtype_name
-    (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
-    source = Path(source_dir) if source_dir else None
-    gen_src = source / "generation_config.json" if source else None
-    if gen_src and gen_src.is_file():
-        shutil.copy2(gen_src, tmp / "generation_config.json")
-    else:
-        gen: dict[str, Any] = {"_from_model_config": True}
-        if config.bos_token_id is not None:
-            gen["bos_token_id"] = config.bos_token_id
-        if config.eos_token_ids:
-            ids = list(config.eos_token_ids)
-            gen["eos_token_id"] = ids[0] if len(ids) == 1 else ids
-        if config.pad_token_id is not None:
-            gen["pad_token_id"] = config.pad_token_id
-        (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
-    if source:
-        copy_tokenizer_files(source, tmp)
-
-
 def copy_tokenizer_files(source: Path, dest: Path) -> list[str]:
+    """Copy the tokenizer files of ``source`` (contents only: new files get the umask's mode); returns their names."""
     copied = []
     for name in TOKENIZER_FILES:
         if (source / name).is_file():
-            shutil.copy2(source / name, dest / name)
+            shutil.copyfile(source / name, dest / name)
             copied.append(name)
     return copied
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Atomically move ``new`` into ``target``'s place (an old target is moved aside, then deleted)."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, target)
 
 
 def is_hf_dir(path: str | Path) -> bool:
@@ -263,5 +155,5 @@ def is_hf_dir(path: str | Path) -> bool:
     return (p / "config.json").is_file() and (any(p.glob("*.safetensors")) or (p / INDEX_FILE).is_file())
 
 
-__all__ = ["load_hf", "save_hf", "hf_name_map", "is_hf_dir", "CheckpointError", "ModelConfigError",
+__all__ = ["load_hf", "hf_name_map", "is_hf_dir", "CheckpointError", "ModelConfigError",
            "copy_tokenizer_files", "TOKENIZER_FILES"]

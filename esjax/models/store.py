@@ -2,9 +2,11 @@
 
 Layout of an esjax model checkpoint directory::
 
-    esjax_model.json   {"format": 1, "config": ModelConfig.to_dict(), "dtype": "float32"}
+    esjax_model.json   {"format": 1, "config": ModelConfig.to_dict(), "dtype": "float32"}; the config keeps the
+                       source's config.json, generation_config.json and shard layout for export
     params/            orbax StandardCheckpointer tree of the params pytree
-    tokenizer/         tokenizer files copied from the source HF directory (when it had any)
+    tokenizer/         tokenizer files copied from the source HF directory (when it had any), with its
+                       config.json, so that ``AutoTokenizer.from_pretrained`` loads it as from the source
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
+from esjax.files import publish_dir, temp_dir_beside
 from esjax.models.config import ModelConfig, ModelConfigError
 from esjax.models.decoder import Params, param_shapes
-from esjax.models.hf import _replace_dir, copy_tokenizer_files, is_hf_dir, load_hf
+from esjax.models.hf import copy_tokenizer_files, is_hf_dir, load_hf
 
 MODEL_FILE = "esjax_model.json"
 
@@ -40,19 +44,14 @@ def save_model(path: str | Path, config: ModelConfig, params: Params, source_dir
                *, overwrite: bool = False) -> Path:
     """Save params (orbax) + config (+ tokenizer files from ``source_dir``); written aside, then renamed.
 
-    Multi-host: every process calls it (orbax writes each process's shards); only process 0 touches the
-    directories and writes the JSON and tokenizer files, with barriers around the orbax save.
+    Multi-host: every process calls it (orbax writes each process's shards); only process 0 creates the temporary
+    directory (its name is then shared), writes the JSON and tokenizer files and renames it into place.
     """
     path = Path(path).absolute()
     main = jax.process_index() == 0
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise FileExistsError(f"{path} exists and is not empty (pass --overwrite to replace it)")
-    tmp = path.with_name(f".{path.name}.tmp")
-    if main:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    _sync(f"esjax_save_model_begin:{path}")
+    tmp = _shared_name(temp_dir_beside(path) if main else None)
     try:
         checkpointer = ocp.StandardCheckpointer()
         checkpointer.save(tmp / "params", params)
@@ -62,20 +61,32 @@ def save_model(path: str | Path, config: ModelConfig, params: Params, source_dir
             return path
         if source_dir is not None:
             (tmp / "tokenizer").mkdir()
-            copied = copy_tokenizer_files(Path(source_dir), tmp / "tokenizer")
-            if (Path(source_dir) / "generation_config.json").is_file():
-                shutil.copy2(Path(source_dir) / "generation_config.json", tmp / "tokenizer")
-            if not copied:
-                shutil.rmtree(tmp / "tokenizer")
+            if copy_tokenizer_files(Path(source_dir), tmp / "tokenizer"):
+                (tmp / "tokenizer" / "config.json").write_text(json.dumps(config.to_hf_dict(), indent=2) + "\n")
+            else:
+                (tmp / "tokenizer").rmdir()
         dtype = jax.tree.leaves(params)[0].dtype
         (tmp / MODEL_FILE).write_text(json.dumps({"format": 1, "config": config.to_dict(), "dtype": str(dtype)}, indent=2))
-        _replace_dir(tmp, path)
+        publish_dir(tmp, path)
     except BaseException:
         if main:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     _sync(f"esjax_save_model_end:{path}")
     return path
+
+
+def _shared_name(tmp: Path | None) -> Path:
+    """Process 0's temporary directory, made known to every process (a no-op in a single-process run)."""
+    if jax.process_count() == 1:
+        return tmp
+    from jax.experimental import multihost_utils
+    raw = np.zeros(4096, np.uint8)
+    if tmp is not None:
+        encoded = np.frombuffer(str(tmp).encode(), np.uint8)
+        raw[: encoded.size] = encoded
+    raw = np.asarray(multihost_utils.broadcast_one_to_all(raw))
+    return Path(raw.tobytes().rstrip(b"\0").decode())
 
 
 def _sync(name: str) -> None:

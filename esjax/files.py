@@ -1,0 +1,41 @@
+"""Outputs built aside and renamed into place: private temporary names from :mod:`tempfile`, next to the target
+(same filesystem, so the rename is atomic), published with the permissions a plain ``mkdir`` / ``open`` would
+give under the process umask (``mkdtemp`` creates 0700, ``mkstemp`` 0600)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temp_dir_beside(target: Path) -> Path:
+    """A new, empty, private directory next to ``target`` (created with ``tempfile.mkdtemp``)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+
+
+def publish_dir(new: Path, target: Path) -> None:
+    """Give ``new`` a plain directory's mode, then move it into ``target``'s place atomically; an existing target
+    is first moved into a private temporary directory, and deleted once ``new`` is in place."""
+    os.chmod(new, 0o777 & ~current_umask())
+    if not target.exists():
+        os.replace(new, target)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    try:
+        os.replace(target, aside / target.name)
+        try:
+            os.replace(new, target)
+        except BaseException:
+            os.replace(aside / target.name, target)
+            raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)

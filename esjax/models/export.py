@@ -1,0 +1,147 @@
+"""Export to a Hugging Face model directory that ``transformers`` loads as is.
+
+An export holds the weights as safetensors (metadata format=pt) in the source's shard layout, or in shards of at
+most a given size, plus ``model.safetensors.index.json`` when there is more than one file or the name is not
+``model.safetensors``; ``config.json`` (its dtype set to the weights'); ``generation_config.json`` (the source's,
+with esjax's bos / eos / pad ids merged in); and the source's tokenizer files. The directory is built aside and
+renamed into place, with the permissions a plain ``mkdir`` and file writes give under the umask.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from esjax.files import publish_dir, temp_dir_beside
+from esjax.models.config import ModelConfig
+from esjax.models.decoder import Params
+from esjax.models.hf import INDEX_FILE, check_param_shapes, copy_tokenizer_files, hf_name_map
+from esjax.models.safetensors_io import DTYPES, read_header, write_file
+
+DEFAULT_MAX_SHARD_SIZE = "5GB"
+SINGLE_FILE = "model.safetensors"
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(size: int | str, name: str = "max_shard_size") -> int:
+    """Bytes from a positive int or a string such as ``"500MB"``, ``"2GB"``, ``"1.5GiB"`` or ``"1000000"``;
+    anything else raises ValueError naming ``name``."""
+    text = str(size).strip().upper()
+    unit = next((u for u in sorted(_UNITS, key=len, reverse=True) if text.endswith(u)), "B")
+    try:
+        value = float(text[: len(text) - len(unit)] if text.endswith(unit) else text) * _UNITS[unit]
+    except ValueError:
+        value = float("nan")
+    if isinstance(size, bool) or not value >= 1 or not np.isfinite(value):
+        raise ValueError(f"{name} {size!r}: expected a positive size such as 500MB, 2GB or a number of bytes")
+    return int(value)
+
+
+def _nbytes(entry) -> int:
+    return int(np.prod(entry[1], dtype=np.int64)) * np.dtype(entry[2]).itemsize
+
+
+def size_layout(entries: list, max_bytes: int) -> list[tuple[str, list]]:
+    """(file name, entries) per file, each file filled in order up to ``max_bytes`` (a larger tensor alone)."""
+    shards, current, used = [], [], 0
+    for entry in entries:
+        if current and used + _nbytes(entry) > max_bytes:
+            shards.append(current)
+            current, used = [], 0
+        current.append(entry)
+        used += _nbytes(entry)
+    shards.append(current)
+    if len(shards) == 1:
+        return [(SINGLE_FILE, shards[0])]
+    return [(f"model-{i:05d}-of-{len(shards):05d}.safetensors", s) for i, s in enumerate(shards, 1)]
+
+
+def source_layout(entries: list, weight_map: dict[str, str]) -> list[tuple[str, list]]:
+    """(file name, entries) per file of the source's ``weight_map`` (tensor name -> file), in HF's tensor order;
+    a tensor the source did not have goes to its last file."""
+    files = sorted(set(weight_map.values()))
+    grouped: dict[str, list] = {f: [] for f in files}
+    for entry in entries:
+        grouped[weight_map.get(entry[0], files[-1])].append(entry)
+    return [(f, grouped[f]) for f in files if grouped[f]]
+
+
+def save_hf(config: ModelConfig, params: Params, out_dir: str | Path, source_dir: str | Path | None = None,
+            dtype: Any = None, *, max_shard_size: int | str | None = None, overwrite: bool = False) -> Path:
+    """Write an HF model directory (see the module docstring) and return its path.
+
+    Weights in ``dtype`` (default: the params' own). ``max_shard_size`` None keeps the layout of the checkpoint the
+    params were loaded from (``config.hf_weight_map_json``), else shards of at most 5GB. Tokenizer files come from
+    ``source_dir``. A non-empty ``out_dir`` is refused unless ``overwrite``; a failure leaves nothing behind.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
+        raise FileExistsError(f"{out_dir} exists and is not empty (pass overwrite=True / --overwrite to replace it)")
+    weight_map = json.loads(config.hf_weight_map_json)
+    max_bytes = parse_size(DEFAULT_MAX_SHARD_SIZE if max_shard_size is None else max_shard_size)
+    flat = traverse_util.flatten_dict(params)
+    check_param_shapes(config, flat)
+    out_dtype = np.dtype(jnp.dtype(dtype)) if dtype is not None else None
+
+    def entry(name: str, key: tuple[str, ...], transpose: bool):
+        leaf = flat[key]
+        leaf_dtype = out_dtype or np.dtype(leaf.dtype)
+        shape = tuple(leaf.shape[::-1]) if transpose else tuple(leaf.shape)
+
+        def get(leaf=leaf, transpose=transpose, leaf_dtype=leaf_dtype) -> np.ndarray:
+            host = np.asarray(jax.device_get(leaf))
+            return (host.T if transpose else host).astype(leaf_dtype, copy=False)
+        return name, shape, leaf_dtype, get
+
+    entries = [entry(name, key, t) for name, (key, t) in hf_name_map(config).items()]
+    layout = (source_layout(entries, weight_map) if max_shard_size is None and weight_map
+              else size_layout(entries, max_bytes))
+    tmp = temp_dir_beside(out_dir)
+    try:
+        for fname, shard in layout:
+            write_file(tmp / fname, shard)
+        if [fname for fname, _ in layout] != [SINGLE_FILE]:
+            index = {"metadata": {"total_size": sum(map(_nbytes, entries))},
+                     "weight_map": {e[0]: fname for fname, shard in layout for e in shard}}
+            (tmp / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        _write_configs(config, tmp, entries[0][2])
+        if source_dir is not None:
+            copy_tokenizer_files(Path(source_dir), tmp)
+        publish_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _write_configs(config: ModelConfig, out: Path, weight_dtype: np.dtype) -> None:
+    hf = config.to_hf_dict()
+    for key in ("torch_dtype", "dtype"):
+        if key in hf:
+            hf[key] = weight_dtype.name
+    if "torch_dtype" not in hf and "dtype" not in hf:
+        hf["dtype"] = weight_dtype.name
+    (out / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n")
+    (out / "generation_config.json").write_text(json.dumps(config.to_generation_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def describe_hf(model_dir: str | Path) -> str:
+    """One line: the weight files with their sizes, and the weights' dtype(s)."""
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    dtypes = sorted({DTYPES[t["dtype"]].name for f in files for t in read_header(f)[0].values()})
+    listed = ", ".join(f"{f.name} ({_human_size(f.stat().st_size)})" for f in files)
+    return f"{len(files)} weight file{'s' if len(files) != 1 else ''} {listed}; {'/'.join(dtypes)}"
+
+
+def _human_size(n: int) -> str:
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
