@@ -59,3 +59,18 @@ def make_tiny_hf_model(family: str, out_dir: str | Path, *, seed: int = 0, dtype
     if with_tokenizer:
         build_byte_tokenizer(out_dir)
     return out_dir
+
+
+def build_word_tokenizer(out_dir: str | Path, words: list[str]) -> None:
+    """Save a custom word-level tokenizer (whitespace split, not byte-level BPE) as standard HF files.
+
+    ``words[0]`` is EOS, ``words[1]`` PAD; other words map to ``[UNK]``. transformers 5 rebuilds a
+    ``qwen2``/``qwen3`` model's tokenizer from the model type, so in such a model folder it encodes text to [].
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate([*words, "[UNK]"])}, unk_token="[UNK]"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=words[0], pad_token=words[1], unk_token="[UNK]")
+    tok.save_pretrained(str(out_dir))

@@ -90,15 +90,9 @@ def test_bad_max_shard_size_is_one_line_exit_2(qwen2_dir, tmp_path, capsys, size
 
 
 def test_prompt_that_encodes_to_nothing_is_one_line_exit_2(tmp_path, capsys):
-    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    from esjax.testing import make_tiny_hf_model
+    from esjax.testing import build_word_tokenizer, make_tiny_hf_model
     source = make_tiny_hf_model("qwen2", tmp_path / "m", with_tokenizer=False)
-    core = Tokenizer(tok_models.WordLevel(vocab={"<eos>": 0, "<pad>": 1, "[UNK]": 2, "hello": 3}, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<eos>", pad_token="<pad>",
-                            unk_token="[UNK]").save_pretrained(str(source))
+    build_word_tokenizer(source, ["<eos>", "<pad>", "hello"])
     # transformers rebuilds a qwen2 model's tokenizer from the model type: this word-level one then encodes to []
     assert main(["convert", "--from-hf", str(source), "--out", str(tmp_path / "ckpt")]) == 0
     capsys.readouterr()

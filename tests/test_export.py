@@ -6,14 +6,13 @@ import shutil
 import stat
 import tempfile
 
-import numpy as np
 import pytest
 import transformers
 
 from esjax import models
 from esjax.models.export import parse_size
 from esjax.models.safetensors_io import iter_tensors
-from esjax.testing import make_tiny_hf_model
+from esjax.testing import build_word_tokenizer, make_tiny_hf_model
 from esjax.tokenizer import build_byte_tokenizer, load_tokenizer
 
 # an instruct model's sampling defaults (Qwen2.5-Instruct's keys) with two EOS ids and no pad id
@@ -184,16 +183,6 @@ def test_parse_size_rejects(text):
         parse_size(text)
 
 
-def word_tokenizer(out_dir, words):
-    """A custom word-level tokenizer (not byte-level BPE) saved with the standard HF files."""
-    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    core = Tokenizer(tok_models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
-    core.pre_tokenizer = pre_tokenizers.Whitespace()
-    PreTrainedTokenizerFast(tokenizer_object=core, eos_token=words[0], pad_token=words[1],
-                            unk_token="[UNK]").save_pretrained(str(out_dir))
-
-
 TEXTS = ["hello world", "world hello hello", "unknown words here", "Numbers: 3 4\n"]
 
 
@@ -202,7 +191,7 @@ TEXTS = ["hello world", "world hello hello", "unknown words here", "Numbers: 3 4
 def test_one_tokenizer_from_folder_checkpoint_and_export(tmp_path, family, custom):
     source = make_tiny_hf_model(family, tmp_path / "m", with_tokenizer=not custom)
     if custom:
-        word_tokenizer(source, ["<eos>", "<pad>", "[UNK]", "hello", "world"])
+        build_word_tokenizer(source, ["<eos>", "<pad>", "hello", "world"])
     reference = transformers.AutoTokenizer.from_pretrained(source)  # as the user loads it
     expected = [reference(t, add_special_tokens=False)["input_ids"] for t in TEXTS]
     direct = models.load_model(source)

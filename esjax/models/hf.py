@@ -17,7 +17,7 @@ from flax import traverse_util
 from esjax import distributed
 from esjax.models.config import ModelConfig, ModelConfigError, load_config
 from esjax.models.decoder import Params, param_shapes
-from esjax.models.safetensors_io import DTYPES, iter_tensors, read_header, write_file
+from esjax.models.safetensors_io import DTYPES, iter_tensors, read_header
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                    "tokenizer.model", "added_tokens.json", "chat_template.jinja", "chat_template.json")
