@@ -1,6 +1,7 @@
 # The two set-up commands of the README. Each creates its own virtual environment on first use.
 #   make demo   ES fine-tuning of the embedded tiny model on Countdown (CPU, minutes)
-#   make test   the test suite (installs the test extra: pytest, hypothesis, CPU torch for parity checks)
+#   make test   the test suite (installs the test extra: pytest, hypothesis, ruff, CPU torch for parity checks)
+# and, for development: make test-fast (the suite without the `slow` end-to-end runs), make lint (ruff)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test install clean
+.PHONY: demo test test-fast lint install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +31,12 @@ demo: $(VENV)/.base
 
 test: $(VENV)/.test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.test
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: $(VENV)/.test
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) .pytest_cache

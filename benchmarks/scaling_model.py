@@ -358,7 +358,7 @@ def _multiprocess_worker(repeats: int) -> None:
     runner = make_runner(es, config, SamplingConfig(max_new_tokens=32, pad_token_id=1),
                          distributed.build_mesh({"population": -1}), params, tokens.shape)
     state = es_init(runner, distributed.shard_tree(params, runner.replicated.mesh), jax.random.key(1))
-    score = lambda t, l, f, s: (((t.astype(np.int64) * np.arange(1, t.shape[1] + 1)).sum(1) % 17 / 16.0  # noqa: E731
+    score = lambda t, n, f, s: (((t.astype(np.int64) * np.arange(1, t.shape[1] + 1)).sum(1) % 17 / 16.0  # noqa: E731
                                  ).astype(np.float32),) * 2
     state, _ = es_step(runner, state, tokens, np.ones_like(tokens), score)
     steps = []

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
@@ -298,7 +296,7 @@ class Run:
                     {"stages": labels, "tasks": [st.settings.name for st in self.stages], **matrices}, indent=2))
                 for split, matrix in matrices.items():
                     summary["plots"].append(str(plot_matrix(
-                        np.asarray(matrix), [f"after {l}" for l in labels], [st.settings.name for st in self.stages],
+                        np.asarray(matrix), [f"after {label}" for label in labels], [st.settings.name for st in self.stages],
                         f"{split} accuracy after each stage", self.out_dir / f"accuracy_matrix_{split}.png")))
             (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary

@@ -188,7 +188,7 @@ def test_grpo_step_model_axis_2_equals_model_axis_1():
     config = GRPOConfig(num_generations=4, learning_rate=1e-2)
     sampling = SamplingConfig(max_new_tokens=3, temperature=1.0, eos_token_ids=(0,), pad_token_id=1)
     tokens, mask = np.repeat(TOKENS[:2], 4, axis=0), np.repeat(MASK[:2], 4, axis=0)
-    score = lambda t, l, f: _row_score(t, l, f, None)[0]  # noqa: E731
+    score = lambda t, n, f: _row_score(t, n, f, None)[0]  # noqa: E731
     results = []
     for mesh in (data_mesh(jax.devices()[:2]), build_mesh({"data": 2, "model": 2})):
         trainer = make_trainer(config, QWEN2, sampling, mesh, compiler_options=FAST)

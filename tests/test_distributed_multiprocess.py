@@ -164,11 +164,12 @@ def test_two_processes_match_one_process(tmp_path):
         for p in procs:
             p.kill()
     for p, log in zip(procs, logs):
-        assert p.returncode == 0, "\n".join(l for l in log.splitlines() if "Gloo" not in l)[-4000:]
+        assert p.returncode == 0, "\n".join(line for line in log.splitlines() if "Gloo" not in line)[-4000:]
     assert json.loads((out / "result.json").read_text())["round_trip"]
     multi = np.load(out / "params.npz")
-    strip = lambda path: [{k: v for k, v in json.loads(l).items() if not k.startswith(("time/", "seconds"))}
-                          for l in path.read_text().splitlines()]
+    def strip(path):
+        return [{k: v for k, v in json.loads(line).items() if not k.startswith(("time/", "seconds"))}
+                for line in path.read_text().splitlines()]
     for method, (summary, leaves) in single.items():
         assert len(leaves) == 14
         initial = jax.tree.leaves(load_model(qwen2_dir).params)

@@ -49,7 +49,8 @@ def test_leaf_id_collision_raises():
 @pytest.mark.parametrize("noise", ["full", "lowrank"])
 def test_noise_is_a_pure_function_of_key_iteration_member_and_path(noise):
     config, params = ESConfig(noise=noise, rank=2), make_params()
-    leaf = lambda key, it, m, p=params: member_noise(config, p, key, it, m)["layers_0"]["self_attn"]["q_proj"]["kernel"]
+    def leaf(key, it, m, p=params):
+        return member_noise(config, p, key, it, m)["layers_0"]["self_attn"]["q_proj"]["kernel"]
     ref = leaf(KEY, 3, 5)
     np.testing.assert_array_equal(ref, leaf(KEY, 3, 5))  # bitwise replay
     for other in (leaf(jax.random.key(1), 3, 5), leaf(KEY, 4, 5), leaf(KEY, 3, 6)):

@@ -1,9 +1,10 @@
 """Reward functions read untrusted model output: on adversarial completions (huge numbers, ``9**9**9``, deep
-nesting, 1 MB of text, unicode, unbalanced braces, NUL bytes) they never raise, stay in the documented range
-and take well under 10 ms per call."""
+nesting, 1 MB of text, unicode, unbalanced braces, NUL bytes) they never raise, never hang and stay in the
+documented range. How fast they are is measured in ``benchmarks/score_countdown.py``, not asserted here."""
 
+import contextlib
 import math
-import time
+import signal
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -13,7 +14,9 @@ import esjax.tasks as tasks
 from esjax.tasks.boxed import last_boxed, math_equal, normalize_math
 
 MB = 2 ** 20
-LIMIT_S = 0.010
+# A hang guard, not a speed test: a call that has not returned after this long is stuck (exponential regex
+# backtracking, an unbounded loop, a huge power); a normal call takes well under a millisecond.
+HANG_S = 10.0
 HUGE = [
     "a" * MB, "9" * MB, "\x00" * MB, "\n" * MB, " " * MB + "C", "é😀\u202e" * (MB // 3), "\ud800\udfff" * 1000,
     "<answer>" + "(" * MB + "</answer>", "</think>\n<answer>" * (MB // 17), "<answer>9**9**9</answer>" * (MB // 24),
@@ -37,14 +40,22 @@ text_strategy = st.one_of(
 )
 
 
-def timed(fn, *args, **kwargs):
-    """Result and best-of-3 wall time of a call (the best of three discounts scheduler noise)."""
-    best, result = math.inf, None
-    for _ in range(3):
-        t0 = time.perf_counter()
-        result = fn(*args, **kwargs)
-        best = min(best, time.perf_counter() - t0)
-    return result, best
+class Hung(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def hang_guard():
+    """Raise :class:`Hung` inside the block if it runs longer than ``HANG_S`` (SIGALRM; main thread)."""
+    def alarm(signum, frame):
+        raise Hung(f"no result after {HANG_S:.0f} s")
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, HANG_S)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _tasks():
@@ -66,11 +77,12 @@ TASKS = _tasks()
 def check(task, completion, example):
     lo, hi = task.reward_range
     for truncated in (False, True):
-        (reward, parts), seconds = timed(task.reward, completion, example, truncated=truncated)
-        assert seconds < LIMIT_S, f"{task.name}: {seconds * 1e3:.2f} ms"
+        with hang_guard():
+            reward, parts = task.reward(completion, example, truncated=truncated)
+            correct = task.is_correct(completion, example, truncated=truncated)
         assert isinstance(reward, float) and lo <= reward <= hi and not math.isnan(reward)
         assert isinstance(parts, dict) and all(isinstance(v, float) for v in parts.values())
-        assert isinstance(task.is_correct(completion, example, truncated=truncated), bool)
+        assert isinstance(correct, bool)
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))
@@ -95,12 +107,12 @@ def test_reward_never_raises_and_is_fast(name, completion, index):
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(text_strategy)
 def test_helpers_never_raise(text):
-    value, seconds = timed(tasks.safe_eval, text)
+    with hang_guard():
+        value = tasks.safe_eval(text)
+        boxed, norm, eq = last_boxed(text), normalize_math(text), math_equal(text, "5")
     assert value is None or (isinstance(value, float) and abs(value) <= 1e12)
-    assert seconds < LIMIT_S
-    (boxed, norm, eq), seconds = timed(lambda: (last_boxed(text), normalize_math(text), math_equal(text, "5")))
     assert boxed is None or isinstance(boxed, str)
-    assert isinstance(norm, str) and isinstance(eq, bool) and seconds < LIMIT_S
+    assert isinstance(norm, str) and isinstance(eq, bool)
 
 
 def test_non_string_completions_do_not_raise():

@@ -68,8 +68,9 @@ def test_resume_after_sigkill_is_bitwise_identical(qwen2_dir, tmp_path, override
         assert np.array_equal(np.asarray(a), np.asarray(b))
     full_lines = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
     resumed_lines = (killed / "metrics.jsonl").read_text().splitlines()
-    strip = lambda lines: [{k: v for k, v in json.loads(l).items() if not k.startswith(("time/", "seconds"))}
-                           for l in lines]
+    def strip(lines):
+        return [{k: v for k, v in json.loads(line).items() if not k.startswith(("time/", "seconds"))}
+                for line in lines]
     assert strip(full_lines) == strip(resumed_lines)
 
 

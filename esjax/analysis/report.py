@@ -188,7 +188,7 @@ def markdown(report: dict[str, Any], images: dict[str, list[Path]], preface: str
                         [[p, t, *_endpoints(v["points"]), v["barrier"]] for p, tv in interp.items()
                          for t, v in tv.items()])
         lines += img("interpolation")
-    if probes := report.get("probes"):
+    if report.get("probes"):
         lines += ["## Direction probes", "", "theta_0 + t u for each unit update direction u and a random unit "
                   "direction with the same per-leaf norm profile; t in parameter-norm units.", ""]
         lines += img("probes")

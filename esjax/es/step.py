@@ -13,7 +13,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from esjax import distributed
 from esjax.es.config import ESConfig
-from esjax.es.population import POPULATION_AXIS, Rollout, make_rollout
+from esjax.es.population import Rollout, make_rollout
 from esjax.es.update import ESState, init_state, update_state
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import Params

@@ -53,7 +53,7 @@ class MCQTask(FileTask):
 
     def prompt(self, example: Example) -> Messages:
         choices = example["choices"]
-        options = "\n".join(f"{l}. {t}" for l, t in zip(choices["label"], choices["text"]))
+        options = "\n".join(f"{label}. {text}" for label, text in zip(choices["label"], choices["text"]))
         return self.messages(f"{example['question']}\n\n{options}\n\n{INSTRUCTION}")
 
     def score(self, completion: str, example: Example) -> tuple[float, dict[str, float]]:
