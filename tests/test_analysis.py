@@ -225,6 +225,7 @@ def parse(argv):
     return parser.parse_args(argv)
 
 
+@pytest.mark.slow
 def test_analyze_end_to_end_writes_the_report(qwen2_dir, tmp_path):
     base = load_model(qwen2_dir)
     s0 = perturbed(base, 1, 0.02)

@@ -20,6 +20,7 @@ def test_configs_load(path):
     assert settings.task_stages()
 
 
+@pytest.mark.slow
 def test_short_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--no-progress", "--set", "train.iterations=2",

@@ -120,6 +120,7 @@ def test_sharded_noise_equals_unsharded_noise():
     assert "f32[64,6]" in hlo and "f32[64,48]" not in hlo
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("noise", ["full", "lowrank"])
 def test_member_noise_of_model_sharded_params_equals_unsharded(noise):
     """The same jitted seed replay on one device and on params split over a model axis of 4."""
@@ -164,6 +165,7 @@ def _row_score(tokens, lengths, finished, slots):
     return rewards, rewards > 0.5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("noise", ["full", "lowrank"])
 def test_es_step_model_axis_2_equals_model_axis_1(noise):
     es = ESConfig(population_size=4, sigma=0.05, alpha=0.05, noise=noise, rank=2, master_fp32=True)
@@ -184,6 +186,7 @@ def test_es_step_model_axis_2_equals_model_axis_1(noise):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_grpo_step_model_axis_2_equals_model_axis_1():
     config = GRPOConfig(num_generations=4, learning_rate=1e-2)
     sampling = SamplingConfig(max_new_tokens=3, temperature=1.0, eos_token_ids=(0,), pad_token_id=1)

@@ -22,6 +22,7 @@ def score(tokens, lengths, finished, slots):
     return rewards, rewards == 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("noise", ["full", "lowrank"])
 def test_es_raises_target_token_rate(noise):
     params = init_params(CONFIG, jax.random.key(0))

@@ -148,6 +148,7 @@ def test_config_bias_correction_reaches_the_loss():
 EXACT = GRPOConfig(num_generations=G, learning_rate=1.0, adam_eps=1.0, beta=0.04, loss_type="dapo")
 
 
+@pytest.mark.slow
 def test_one_vs_four_devices_same_update():
     (s1, m1), (s4, m4) = _train(EXACT, 1), _train(EXACT, 4)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(s4.params))

@@ -52,6 +52,7 @@ def leaves(path):
     return jax.tree.leaves(load_model(path).params)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [es_overrides, grpo_overrides], ids=["es", "grpo"])
 def test_resume_after_sigkill_is_bitwise_identical(qwen2_dir, tmp_path, overrides):
     args = overrides(qwen2_dir)
@@ -103,6 +104,7 @@ def test_decaying_schedules_end_with_the_run():
     assert grpo_config(s).total_steps == 10
 
 
+@pytest.mark.slow
 def test_continual_two_tasks_writes_matrices(qwen2_dir, tmp_path):
     cfg = tmp_path / "continual.yaml"
     cfg.write_text(textwrap.dedent(f"""
