@@ -126,6 +126,18 @@ def _forward_fn(model: Decoder, params: Params, lowrank: Params | None, populati
     return fn
 
 
+def decode_dtype(params: Params) -> jnp.dtype:
+    """The dtype :func:`generate` computes in by default: the params' own, except float32 for 16-bit params on CPU.
+
+    XLA's CPU backend has no fast 16-bit matmul: it converts the weights to float32 for every decoded token. The
+    platform is the params' own where known (concrete arrays), else ``jax.default_backend()`` (under a trace).
+    """
+    leaf = jax.tree.leaves(params)[0]
+    platform = (jax.default_backend() if isinstance(leaf, jax.core.Tracer) or not hasattr(leaf, "devices")
+                else next(iter(leaf.devices())).platform)
+    return jnp.dtype(jnp.float32) if platform == "cpu" and jnp.dtype(leaf.dtype).itemsize < 4 else jnp.dtype(leaf.dtype)
+
+
 def generate(config: ModelConfig, params: Params, prompt_tokens: Array, prompt_mask: Array, key: Array,
              sampling: SamplingConfig, *, lowrank: Params | None = None, compute_dtype: Any = None,
              population: Population | None = None) -> GenerateOutput:
@@ -136,7 +148,8 @@ def generate(config: ModelConfig, params: Params, prompt_tokens: Array, prompt_m
     ``{"a", "b"}`` perturbation (see :mod:`esjax.models.decoder`); ``population`` runs several members' params
     (and factors) over the member-major rows in one batched decode (see :class:`Population`).
     """
-    dtype = jnp.dtype(compute_dtype or jax.tree.leaves(params)[0].dtype)
+    dtype = jnp.dtype(compute_dtype or decode_dtype(params))
+    params = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
     forward = _forward_fn(make_model(config, dtype=dtype), params, lowrank, population)
     batch, prompt_len = prompt_tokens.shape
     steps = sampling.max_new_tokens

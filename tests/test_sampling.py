@@ -117,3 +117,72 @@ def test_empty_prompt_is_an_error():
     from esjax.sampling import EmptyPromptError
     with pytest.raises(EmptyPromptError, match="prompt 1 encodes to no tokens .and 1 more"):
         pad_prompts([[3, 4], [], [5], []], 1)
+
+
+class _OnDevice:
+    """A stand-in leaf for an array placed on another platform (dtype and devices() are all decode_dtype reads)."""
+
+    def __init__(self, dtype, platform):
+        self.dtype, self._platform = jnp.dtype(dtype), platform
+
+    def devices(self):
+        return {type("Device", (), {"platform": self._platform})()}
+
+
+def test_decode_dtype_is_float32_for_16_bit_params_on_cpu_only(monkeypatch):
+    from esjax.sampling import decode_dtype
+    assert decode_dtype({"w": jnp.ones(2, jnp.bfloat16)}) == jnp.float32  # CPU arrays (this test run)
+    assert decode_dtype({"w": jnp.ones(2, jnp.float16)}) == jnp.float32
+    assert decode_dtype({"w": jnp.ones(2, jnp.float32)}) == jnp.float32
+    for platform in ("gpu", "tpu"):
+        assert decode_dtype({"w": _OnDevice(jnp.bfloat16, platform)}) == jnp.bfloat16
+        assert decode_dtype({"w": _OnDevice(jnp.float32, platform)}) == jnp.float32
+    assert decode_dtype({"w": _OnDevice(jnp.bfloat16, "cpu")}) == jnp.float32
+    traced = lambda: jax.eval_shape(lambda p: jnp.zeros((), decode_dtype(p)), {"w": jnp.ones(2, jnp.bfloat16)}).dtype
+    assert traced() == jnp.float32  # under a trace: jax.default_backend()
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert traced() == jnp.bfloat16
+
+
+def _sub_jaxprs(eqn):
+    for value in eqn.params.values():
+        for v in value if isinstance(value, (tuple, list)) else (value,):
+            if isinstance(v, jax.extend.core.ClosedJaxpr):
+                yield v.jaxpr
+            elif isinstance(v, jax.extend.core.Jaxpr):
+                yield v
+
+
+def _weight_converts(jaxpr, in_loop=False):
+    """(inside a while loop?, shape) of every bf16 -> f32 conversion of a matrix in ``jaxpr``, nested ones too."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "convert_element_type" and eqn.invars[0].aval.dtype == jnp.bfloat16:
+            if eqn.invars[0].aval.ndim == 2 and eqn.params["new_dtype"] == jnp.float32:
+                found.append((in_loop, eqn.invars[0].aval.shape))
+        for sub in _sub_jaxprs(eqn):
+            found += _weight_converts(sub, in_loop or eqn.primitive.name == "while")
+    return found
+
+
+def test_bf16_params_on_cpu_decode_in_float32_converted_once(tiny_model_dirs):
+    config, params = models.load_hf(tiny_model_dirs["llama"], dtype="bfloat16")
+    upcast = jax.tree.map(lambda x: x.astype(jnp.float32), params)
+    tokens, mask = (jnp.asarray(a) for a in pad_prompts(PROMPTS, pad_token_id=1))
+    sampling = SamplingConfig(max_new_tokens=12, temperature=0.8, top_p=0.9, pad_token_id=1)
+    ours = generate_jit(config, params, tokens, mask, jax.random.key(3), sampling)
+    reference = generate_jit(config, upcast, tokens, mask, jax.random.key(3), sampling)
+    for a, b in zip(ours, reference):  # the same program as with the weights upcast by hand: identical outputs
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    from esjax.sampling import generate
+    jaxpr = jax.make_jaxpr(lambda p: generate(config, p, tokens, mask, jax.random.key(3), sampling))(params).jaxpr
+    converts = _weight_converts(jaxpr)
+    matrices = [x.shape for x in jax.tree.leaves(params) if x.ndim == 2]
+    assert sorted(shape for _, shape in converts) == sorted(matrices)  # each weight matrix once ...
+    assert not any(in_loop for in_loop, _ in converts)  # ... before the decode loop, never per token
+    # XLA's temporaries: the float32 program's plus at most one float32 copy of the weights
+    temp = {name: jax.jit(generate, static_argnames=("config", "sampling")).lower(
+        config, p, tokens, mask, jax.random.key(3), sampling).compile().memory_analysis().temp_size_in_bytes
+        for name, p in (("bf16", params), ("f32", upcast))}
+    weights_f32 = sum(x.size * 4 for x in jax.tree.leaves(params))
+    assert temp["bf16"] <= temp["f32"] + weights_f32, (temp, weights_f32)
