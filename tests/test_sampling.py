@@ -138,7 +138,8 @@ def test_decode_dtype_is_float32_for_16_bit_params_on_cpu_only(monkeypatch):
         assert decode_dtype({"w": _OnDevice(jnp.bfloat16, platform)}) == jnp.bfloat16
         assert decode_dtype({"w": _OnDevice(jnp.float32, platform)}) == jnp.float32
     assert decode_dtype({"w": _OnDevice(jnp.bfloat16, "cpu")}) == jnp.float32
-    traced = lambda: jax.eval_shape(lambda p: jnp.zeros((), decode_dtype(p)), {"w": jnp.ones(2, jnp.bfloat16)}).dtype
+    def traced():
+        return jax.eval_shape(lambda p: jnp.zeros((), decode_dtype(p)), {"w": jnp.ones(2, jnp.bfloat16)}).dtype
     assert traced() == jnp.float32  # under a trace: jax.default_backend()
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
     assert traced() == jnp.bfloat16
