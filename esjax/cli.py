@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-EXIT_USER_ERROR = 2
+from esjax.cli_args import EXIT_USER_ERROR, OneLineParser, nonnegative_float, nonnegative_int, positive_int, probability
+
 DEMO_CONFIG = Path(__file__).resolve().parent / "assets" / "demo_es.yaml"
 
 
@@ -114,7 +115,7 @@ def _task_options(pairs: list[str]) -> dict:
         if "=" not in pair:
             raise UsageError(f"--task-option {pair!r}: expected KEY=VALUE")
         key, value = pair.split("=", 1)
-        options[key] = parse_yaml(value)
+        options[key] = parse_yaml(value, f"--task-option {key}")
     return options
 
 
@@ -157,6 +158,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
     from esjax.settings import load_settings
     from esjax.train import train
+    if args.resume and not args.out:
+        raise UsageError("--resume needs --out DIR (the demo run directory to continue)")
     settings = load_settings(DEMO_CONFIG, args.set)
     out = args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
     es = settings.es
@@ -165,7 +168,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
           f"{settings.train.iterations} iterations x {settings.train.prompts_per_iteration} fresh problems; "
           f"test accuracy on {settings.task.eval_limit} held-out problems, greedy", flush=True)
     start = time.perf_counter()
-    summary = train(settings, out, progress=not args.no_progress)
+    summary = train(settings, out, resume=args.resume, progress=not args.no_progress)
     minutes = (time.perf_counter() - start) / 60
     print(f"\nbase test accuracy:       {summary['test_accuracy_before']:.1%}")
     print(f"fine-tuned test accuracy: {summary['test_accuracy_after']:.1%}  "
@@ -176,7 +179,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="esjax", description="ES and GRPO fine-tuning of LLMs in JAX.")
+    parser = OneLineParser(prog="esjax", description="ES and GRPO fine-tuning of LLMs in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
     dtypes = ["float32", "bfloat16", "float16"]
 
@@ -200,11 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="PATH")
     p.add_argument("--prompt", required=True)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=positive_int, default=64)
+    p.add_argument("--temperature", type=nonnegative_float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=probability, default=1.0)
+    p.add_argument("--top-k", type=nonnegative_int, default=0)
+    p.add_argument("--num-samples", type=positive_int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=dtypes, default=None)
     p.set_defaults(func=cmd_generate)
@@ -223,9 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task-option", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--task-file", default=None, help="a Python file registering the task")
     p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--max-new-tokens", type=int, default=1024)
+    p.add_argument("--limit", type=positive_int, default=None)
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--max-new-tokens", type=positive_int, default=1024)
     p.add_argument("--dtype", choices=dtypes, default=None)
     p.add_argument("--json", action="store_true", help="print one machine-readable JSON line")
     p.set_defaults(func=cmd_eval)
@@ -236,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="ES fine-tuning of the embedded tiny model on Countdown (CPU, minutes)")
     p.add_argument("--out", default=None, metavar="DIR", help="run directory (default runs/demo-<time>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a demo setting")
+    p.add_argument("--resume", action="store_true", help="continue the demo run in --out from its last checkpoint")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
     return parser
@@ -246,14 +250,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], None] = args.func
     try:
         func(args)
-    except _user_errors() as e:
-        message = str(e) if not isinstance(e, KeyError) else e.args[0]
-        print(f"esjax {args.command}: error: {message}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except ValueError as e:  # invalid settings reported by esjax's own validation
-        print(f"esjax {args.command}: error: {e}", file=sys.stderr)
+    except (*_user_errors(), ValueError, OSError) as e:  # ValueError: esjax's own validation of settings and files
+        print(f"esjax {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
     return 0
+
+
+def _one_line(error: BaseException) -> str:
+    """The message of a user error on one line; an OSError as ``file: reason``."""
+    if isinstance(error, OSError) and error.filename and error.strerror:
+        message = f"{error.filename}: {error.strerror}"
+    else:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    return " ".join(str(message).split())
 
 
 if __name__ == "__main__":

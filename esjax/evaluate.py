@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from esjax.inference import check_context
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import Params
 from esjax.prompts import encode_prompts
@@ -41,7 +42,8 @@ class PromptSet:
         if not self.examples:
             raise ValueError(f"task {getattr(task, 'name', task)!r}: no examples to evaluate")
         ids = encode_prompts(tokenizer, [task.prompt(e) for e in self.examples])
-        self.tokens, self.mask = pad_prompts(ids, pad_token_id, length=bucket_length(max(map(len, ids))))
+        self.longest = max(map(len, ids))  # tokens of the longest prompt
+        self.tokens, self.mask = pad_prompts(ids, pad_token_id, length=bucket_length(self.longest))
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -54,6 +56,7 @@ def evaluate(config: ModelConfig, params: Params, tokenizer: Any, task: Any, pro
              sampling: SamplingConfig, batch_size: int = 256, progress: Any = None) -> EvalResult:
     """Greedy generation for every prompt (fixed batch shape: one compilation), scored by ``task``."""
     sampling = dataclasses.replace(sampling, temperature=0.0)
+    check_context(config, prompts.longest, sampling.max_new_tokens)
     n = len(prompts)
     batch = min(batch_size, n)
     rewards, correct, lengths, texts, parts, truncated = [], [], [], [], [], 0

@@ -32,10 +32,19 @@ def sampling_for(config: ModelConfig, tokenizer: Any, **settings: Any) -> Sampli
     return SamplingConfig(eos_token_ids=eos_ids(config, tokenizer), pad_token_id=pad_id(config, tokenizer), **settings)
 
 
+def check_context(config: ModelConfig, prompt_tokens: int, max_new_tokens: int) -> None:
+    """Raise ValueError unless a prompt of ``prompt_tokens`` plus ``max_new_tokens`` fits the model's
+    ``max_position_embeddings``."""
+    if prompt_tokens + max_new_tokens > config.max_position_embeddings:
+        raise ValueError(f"a prompt of {prompt_tokens} tokens + {max_new_tokens} new tokens exceeds the model's "
+                         f"max_position_embeddings ({config.max_position_embeddings})")
+
+
 def generate_texts(config: ModelConfig, params: Params, tokenizer: Any, prompts: Sequence[Any],
                    sampling: SamplingConfig, key: jax.Array | None = None) -> tuple[list[str], GenerateOutput]:
     """Generate for text or chat prompts; returns (completions without special tokens, raw output)."""
     ids = encode_prompts(tokenizer, prompts)
+    check_context(config, max(map(len, ids), default=0), sampling.max_new_tokens)
     tokens, mask = pad_prompts(ids, sampling.pad_token_id)
     key = jax.random.key(0) if key is None else key
     out = generate_jit(config, params, jnp.asarray(tokens), jnp.asarray(mask), key, sampling)

@@ -27,19 +27,50 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
-def parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
-
-
 class SettingsError(ValueError):
     """A bad setting; the message names the key (and the file)."""
+
+
+class FieldError(SettingsError):
+    """A settings field out of its range; :func:`from_dict` adds the file and the key's full name."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"'{field}' {problem}")
+        self.field, self.problem = field, problem
+
+
+def parse_yaml(text: str, where: str = "<string>") -> Any:
+    """YAML text -> Python; a syntax error is a one-line SettingsError ``where:line:column: problem``."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
+        raise SettingsError(f"{at}: invalid YAML: {' '.join(str(e.problem or e.context).split())}") from None
+    except yaml.YAMLError as e:
+        raise SettingsError(f"{where}: invalid YAML: {' '.join(str(e).split())}") from None
+
+
+def _at_least(settings: Any, **minimums: float) -> None:
+    """Raise :class:`FieldError` for the first field of ``settings`` below its minimum (None fields pass)."""
+    for name, low in minimums.items():
+        value = getattr(settings, name)
+        if value is not None and not value >= low:
+            raise FieldError(name, f"must be >= {low}, got {value!r}")
+
+
+DType = Literal["float32", "bfloat16", "float16"]
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSettings:
     path: str = "embedded"  # an HF directory, an esjax checkpoint, or "embedded" (the packaged tiny model)
-    dtype: str | None = None  # parameter dtype; None keeps the checkpoint's
-    compute_dtype: str | None = None
+    dtype: DType | None = None  # parameter dtype; None keeps the checkpoint's
+    compute_dtype: DType | None = None
+
+    def __post_init__(self):
+        if not self.path:
+            raise FieldError("path", "must name a model")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +84,11 @@ class TaskSettings:
     iterations: int | None = None  # budget of this stage in a continual sequence (None: train.iterations)
     file: str | None = None  # a Python file registering a user task
 
+    def __post_init__(self):
+        if not self.name:
+            raise FieldError("name", "must name a task")
+        _at_least(self, train_limit=1, eval_limit=1, iterations=1)
+
 
 @dataclasses.dataclass(frozen=True)
 class SamplingSettings:
@@ -61,6 +97,11 @@ class SamplingSettings:
     top_p: float = 1.0
     top_k: int = 0
     eval_max_new_tokens: int | None = None  # default: max_new_tokens (evaluation is always greedy)
+
+    def __post_init__(self):
+        _at_least(self, max_new_tokens=1, temperature=0.0, top_k=0, eval_max_new_tokens=1)
+        if not 0 < self.top_p <= 1:
+            raise FieldError("top_p", f"must be in (0, 1], got {self.top_p!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +115,10 @@ class TrainSettings:
     eval_batch_size: int = 256
     devices: int | None = None  # devices on the population/data axis (None: all / model_parallel)
     model_parallel: int = 1  # devices per tensor-parallel group: the mesh's "model" axis (esjax.distributed)
+
+    def __post_init__(self):
+        _at_least(self, iterations=1, prompts_per_iteration=1, seed=0, eval_every=0, checkpoint_every=0,
+                  keep_checkpoints=1, eval_batch_size=1, devices=1, model_parallel=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +179,11 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "<settings>", prefix
     unknown = sorted(set(data) - fields)
     if unknown:
         raise SettingsError(f"{where}: unknown key '{prefix}{unknown[0]}' (known: {', '.join(sorted(fields))})")
-    return cls(**{k: _check(v, hints[k], prefix + k, where) for k, v in data.items()})
+    values = {k: _check(v, hints[k], prefix + k, where) for k, v in data.items()}
+    try:
+        return cls(**values)
+    except FieldError as e:
+        raise SettingsError(f"{where}: '{prefix}{e.field}' {e.problem}") from None
 
 
 def to_dict(settings: Any) -> Any:
@@ -158,7 +207,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise SettingsError(f"--set {key}: '{part}' is not a mapping")
-        node[parts[-1]] = parse_yaml(raw) if raw.strip() else None
+        node[parts[-1]] = parse_yaml(raw, f"--set {key}") if raw.strip() else None
     return data
 
 
@@ -169,21 +218,17 @@ def load_settings(path: str | Path | None, overrides: list[str] | tuple[str, ...
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise SettingsError(f"{path}: config file not found")
+            raise SettingsError(f"{path}: config file not found" if not path.exists() else f"{path}: not a file")
         try:
-            data = parse_yaml(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise SettingsError(f"{path}: not valid YAML ({e})") from None
+            data = parse_yaml(path.read_text(), str(path)) or {}
+        except UnicodeDecodeError:
+            raise SettingsError(f"{path}: not a text (UTF-8) file") from None
         if not isinstance(data, dict):
             raise SettingsError(f"{path}: the top level must be a mapping")
     data = apply_overrides(data, overrides)
     settings = from_dict(RunSettings, data, where)
     if settings.task is not None and settings.stages:
         raise SettingsError(f"{where}: give either 'task' or 'stages', not both")
-    if settings.train.model_parallel < 1:
-        raise SettingsError(f"{where}: 'train.model_parallel' must be >= 1, got {settings.train.model_parallel}")
-    if settings.train.devices is not None and settings.train.devices < 1:
-        raise SettingsError(f"{where}: 'train.devices' must be >= 1, got {settings.train.devices}")
     _validate_method_config(settings, where)
     return settings
 

@@ -57,6 +57,9 @@ def load_tokenizer(path: str | Path):
     path = Path(path)
     if not ((path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file()):
         raise FileNotFoundError(f"{path}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
-    tok = AutoTokenizer.from_pretrained(str(path))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:  # transformers/tokenizers raise many types for broken files; report which directory
+        raise ValueError(f"{path}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
     tok.padding_side = "left"
     return tok

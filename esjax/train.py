@@ -18,7 +18,7 @@ import numpy as np
 from esjax import distributed
 from esjax.checkpoint import RunCheckpoints
 from esjax.evaluate import EvalResult, PromptSet, evaluate
-from esjax.inference import sampling_for
+from esjax.inference import check_context, sampling_for
 from esjax.metrics import MetricsLogger
 from esjax.models import load_model, save_model
 from esjax.models.decoder import Params
@@ -101,13 +101,17 @@ def make_mesh(devices: int, axis: str, model_parallel: int = 1) -> jax.sharding.
     return distributed.run_mesh("es" if axis == "population" else "grpo", devices, model_parallel)
 
 
-def prepare_run_dir(out_dir: Path, settings: RunSettings, resume: bool) -> None:
+def prepare_run_dir(out_dir: Path, settings: RunSettings, resume: bool, create: bool = True) -> None:
+    """Check that ``out_dir`` can be used as asked (``create=False``: only check, write nothing); then create it
+    and save the settings in ``config.yaml`` (a new run)."""
     if resume:
         if not (out_dir / "config.yaml").is_file():
             raise RunDirError(f"{out_dir}: nothing to resume (no config.yaml)")
         return
-    if out_dir.exists() and any(out_dir.iterdir()):
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise RunDirError(f"{out_dir} already exists; pass --resume to continue it or choose another --out")
+    if not create:
+        return
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_settings(settings, out_dir / "config.yaml")
@@ -115,15 +119,15 @@ def prepare_run_dir(out_dir: Path, settings: RunSettings, resume: bool) -> None:
         raise RunDirError(f"{out_dir}: cannot write the run directory ({e.strerror or e})") from None
 
 
-def _prepare_run_dir_once(out_dir: Path, settings: RunSettings, resume: bool) -> None:
+def _prepare_run_dir_once(out_dir: Path, settings: RunSettings, resume: bool, create: bool = True) -> None:
     """:func:`prepare_run_dir` on process 0 only (a shared file system is assumed); the others wait for its
     verdict, so that every process fails, or none does."""
     if jax.process_count() == 1:
-        return prepare_run_dir(out_dir, settings, resume)
+        return prepare_run_dir(out_dir, settings, resume, create)
     error = ""
     if distributed.is_main_process():
         try:
-            prepare_run_dir(out_dir, settings, resume)
+            prepare_run_dir(out_dir, settings, resume, create)
         except RunDirError as e:
             error = str(e)
     code = np.frombuffer(error.encode()[:4000].ljust(4000, b"\0"), np.uint8)
@@ -139,7 +143,9 @@ class Run:
                  log: Callable[[str], None] = print):
         self.settings, self.out_dir, self.progress = settings, Path(out_dir), progress
         self.log = log if distributed.is_main_process() else (lambda _: None)
-        _prepare_run_dir_once(self.out_dir, settings, resume)
+        # everything is checked (run directory, model, tokenizer, tasks) before the run directory is written, so a
+        # failed start leaves nothing behind that would block the corrected command
+        _prepare_run_dir_once(self.out_dir, settings, resume, create=False)
         self.resume = resume
         self.mesh = make_mesh(mesh_devices(settings), "population" if settings.method == "es" else "data",
                               settings.train.model_parallel)
@@ -153,6 +159,7 @@ class Run:
         self.eval_sampling = sampling_for(model.config, self.tokenizer, temperature=0.0, max_new_tokens=(
             settings.sampling.eval_max_new_tokens or settings.sampling.max_new_tokens))
         self.stages = self._build_stages()
+        _prepare_run_dir_once(self.out_dir, settings, resume)
 
     def _build_stages(self) -> list[Stage]:
         stages, begin = [], 0
@@ -163,7 +170,11 @@ class Run:
             evals = {name: PromptSet(task, self.tokenizer, task.split(name)[: st.eval_limit], pad)
                      for name in st.eval_splits}
             length = st.iterations if st.iterations is not None else self.settings.train.iterations
-            stages.append(Stage(i, st, task, PromptSet(task, self.tokenizer, train, pad), evals, begin, begin + length))
+            stage = Stage(i, st, task, PromptSet(task, self.tokenizer, train, pad), evals, begin, begin + length)
+            check_context(self.model.config, stage.train.longest, self.settings.sampling.max_new_tokens)
+            for prompts in evals.values():
+                check_context(self.model.config, prompts.longest, self.eval_sampling.max_new_tokens)
+            stages.append(stage)
             begin += length
         return stages
 

@@ -284,3 +284,29 @@ def test_bad_input_raises_one_line_errors(qwen2_dir, tmp_path):
     with pytest.raises(ValueError, match="ALPHA,N,T"):
         run("--es-hparams", "m=0.1,8")
     assert not (tmp_path / "o").exists()
+
+
+def test_a_run_directory_never_runs_its_task_file_without_the_flag(qwen2_dir, tmp_path, capsys):
+    """Proof of concept: a run directory someone sent, whose config.yaml names a Python task file that would
+    create a marker when imported. ``esjax analyze`` refuses with one line (exit 2) and the file is never
+    imported; only --trust-task-file imports it."""
+    import shutil
+
+    from esjax.cli import main
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.py"
+    evil.write_text(f"open({str(marker)!r}, 'w').write('code ran')\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    save_settings(load_settings(None, [f"model.path={qwen2_dir}", "task.name=evil_task", f"task.file={evil}"]),
+                  run / "config.yaml")
+    shutil.copytree(qwen2_dir, run / "stages" / "0-evil_task")
+    out = tmp_path / "report"
+    argv = ["analyze", "--base", str(qwen2_dir), "--model", f"sent={run}", "--tasks", "evil_task", "--out", str(out),
+            "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--trust-task-file" in err and "evil.py" in err
+    assert not marker.exists() and not out.exists()
+    assert main([*argv, "--trust-task-file"]) == 2  # imported (it registers no task: unknown task)
+    assert marker.read_text() == "code ran" and "unknown task 'evil_task'" in capsys.readouterr().err

@@ -210,3 +210,53 @@ def test_esjax_checkpoint_round_trip(tiny_model_dirs, tmp_path):
     assert jax.tree.leaves(placed)[0].sharding == sharding
     with pytest.raises(models.ModelConfigError, match="not a model"):
         models.load_model(tmp_path)
+
+
+@pytest.mark.parametrize("shard", ["../victim/model.safetensors", "/ABS/victim/model.safetensors", "sub/../../x"])
+def test_index_shard_names_stay_inside_the_model_directory(tiny_model_dirs, tmp_path, monkeypatch, shard):
+    """Proof of concept: an index naming a shard outside its directory is refused before anything is opened, with
+    the same message whether the target exists or not (nothing about other paths leaks)."""
+    import builtins
+    src = tiny_model_dirs["qwen2"]
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "model.safetensors").write_bytes((src / "model.safetensors").read_bytes())  # a valid checkpoint
+    shard = shard.replace("/ABS", str(tmp_path))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name in ("config.json", "generation_config.json"):
+        (bad / name).write_text((src / name).read_text())
+    names = [name for name, _ in models.safetensors_io.iter_tensors(src / "model.safetensors")]
+    (bad / "model.safetensors.index.json").write_text(json.dumps({"weight_map": dict.fromkeys(names, shard)}))
+    opened = []
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: (opened.append(str(f)), real_open(f, *a, **k))[1])
+    with pytest.raises(models.CheckpointError, match="not a file name inside the model directory") as found:
+        models.load_hf(bad)
+    assert not any("victim" in f for f in opened)
+    (victim / "model.safetensors").unlink()
+    with pytest.raises(models.CheckpointError) as absent:
+        models.load_hf(bad)
+    assert str(found.value) == str(absent.value)
+
+
+def test_integer_weights_are_refused_with_the_tensor_name(tiny_model_dirs, tmp_path):
+    """Every decoder parameter is a floating-point weight: an integer tensor in its place is an error naming the
+    tensor, never silently cast (integer buffers the decoder does not use are ignored with a warning, like any
+    unknown key)."""
+    from esjax.models.safetensors_io import iter_tensors, write_file
+    src = tiny_model_dirs["qwen2"]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text((src / "config.json").read_text())
+    tensors = {k: np.asarray(v) for k, v in iter_tensors(src / "model.safetensors")}
+    tensors["model.layers.0.mlp.up_proj.weight"] = tensors["model.layers.0.mlp.up_proj.weight"].astype(np.int32)
+    tensors["model.position_ids"] = np.arange(8, dtype=np.int64)
+    write_file(bad / "model.safetensors", [(k, v.shape, v.dtype, lambda v=v: v) for k, v in tensors.items()])
+    with pytest.raises(models.CheckpointError, match=r"'model.layers.0.mlp.up_proj.weight' has dtype int32"):
+        models.load_hf(bad)
+    tensors["model.layers.0.mlp.up_proj.weight"] = tensors["model.layers.0.mlp.up_proj.weight"].astype(np.float32)
+    write_file(bad / "model.safetensors", [(k, v.shape, v.dtype, lambda v=v: v) for k, v in tensors.items()])
+    with pytest.warns(UserWarning, match="model.position_ids"):
+        config, params = models.load_hf(bad)
+    assert params["layers_0"]["mlp"]["up_proj"]["kernel"].dtype == jnp.float32

@@ -121,3 +121,38 @@ def test_non_string_completions_do_not_raise():
         for completion in (None, b"\xff\xfe<answer>", 12345, ["\\boxed{1}"]):
             reward, _ = task.reward(completion, example)
             assert task.reward_range[0] <= reward <= task.reward_range[1]
+
+
+ARITHMETIC = st.one_of(
+    st.text(alphabet="0123456789.+-*/() ", max_size=300),
+    st.tuples(st.sampled_from(["9", "1", "0.", "7.5"]), st.integers(1, 20000), st.sampled_from("+-*/"),
+              st.integers(1, 50)).map(lambda t: f"{t[2]}".join([t[0] * t[1]] * t[3])),  # huge literals, products
+    st.integers(1, 20000).map(lambda n: "(" * n + "1" + ")" * n),  # deep nesting
+    st.integers(1, 20000).map(lambda n: "-" * n + "1"),
+    st.integers(1, 400).map(lambda n: "*".join(["9" * 300] * n)),  # past the float range
+    st.integers(1, 400).map(lambda n: "/".join(["9" * 300] * n)),
+)
+LIMIT = st.one_of(st.integers(-5, 10 ** 7), st.integers(10 ** 300, 10 ** 400),
+                  st.floats(allow_nan=True, allow_infinity=True), st.none(), st.text(max_size=3))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(expression=ARITHMETIC, max_length=LIMIT, max_depth=LIMIT, max_abs=LIMIT)
+def test_safe_eval_never_raises_for_any_limits(expression, max_length, max_depth, max_abs):
+    """Raised limits reach Python's int-digit limit, float overflow, huge exponents and the recursion limit;
+    safe_eval returns a float or None all the same."""
+    value = tasks.safe_eval(expression, max_length=max_length, max_depth=max_depth, max_abs=max_abs)
+    assert value is None or isinstance(value, float)
+    literals = tasks.number_literals(expression, max_length=10 ** 6)  # must not raise either
+    assert literals is None or all(isinstance(x, (int, float)) for x in literals)
+
+
+def test_safe_eval_at_the_edges_of_python_numbers():
+    unlimited = dict(max_length=10 ** 6, max_depth=10 ** 6, max_abs=math.inf)
+    assert tasks.safe_eval("9" * 5000, **unlimited) is None  # past the int-digit limit
+    assert tasks.safe_eval("*".join(["9" * 300] * 2), **unlimited) is None  # an int past the float range
+    assert tasks.safe_eval("1" + "0" * 400 + "/3", **unlimited) is None  # int / int overflows
+    assert tasks.safe_eval("(" * 50000 + "1" + ")" * 50000, **unlimited) is None  # the recursion limit
+    assert tasks.safe_eval("9" * 400 + ".0 - " + "9" * 400 + ".0", **unlimited) is None  # inf - inf
+    assert tasks.safe_eval("12*12", **unlimited) == 144.0
+    assert tasks.safe_eval("1+1", max_abs=float("nan")) is None and tasks.safe_eval("1+1", max_abs=-1) is None

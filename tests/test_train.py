@@ -168,6 +168,23 @@ def test_cli_train_bad_input(qwen2_dir, tmp_path, capsys, monkeypatch):
     assert "multi-process run needs --out" in capsys.readouterr().err
 
 
+def test_failed_start_leaves_nothing_and_the_corrected_command_runs(qwen2_dir, tmp_path, capsys):
+    """A start that fails on any check (task, model, settings) writes nothing, so the corrected command runs
+    without --resume or a new --out."""
+    out = tmp_path / "run"
+    args = ["train", "--out", str(out), "--no-progress", *(a for s in (
+        f"model.path={qwen2_dir}", TASK, "task.eval_limit=2", "train.iterations=1", "train.prompts_per_iteration=2",
+        "sampling.max_new_tokens=4", "es.population_size=2", "train.devices=1") for a in ("--set", s))]
+    for mistake, needle in [("task.name=countdown_procedurall", "countdown_procedurall"),
+                            (f"model.path={tmp_path / 'nomodel'}", "nomodel"),
+                            ("task.options={prompt_style: shorter}", "prompt_style"),
+                            ("sampling.max_new_tokens=1000", "max_position_embeddings")]:
+        assert main([*args, "--set", mistake]) == 2
+        assert needle in capsys.readouterr().err and not out.exists()
+    assert main(args) == 0
+    assert (out / "summary.json").is_file() and load_settings(out / "config.yaml").task.name == "countdown_procedural"
+
+
 def test_reward_that_raises_stops_cleanly(qwen2_dir, tmp_path, capsys):
     user_task = tmp_path / "bad_task.py"
     user_task.write_text(textwrap.dedent("""

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create a Cloud TPU VM pod slice (default: v5litepod-16, 4 hosts x 4 v5e chips).
 #   TPU_NAME=esjax-v5e ZONE=us-west4-a PROJECT=my-project tpu/create.sh
+# shellcheck source=tpu/env.sh
 source "$(dirname "$0")/env.sh"
 flags=()
 if [[ "${SPOT}" == "1" ]]; then

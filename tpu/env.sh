@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared settings of the tpu/*.sh scripts; every value can be overridden from the environment.
 #   TPU_NAME     name of the Cloud TPU VM (pod slice)
 #   ZONE         zone with TPU v5e capacity (e.g. us-west4-a, us-east5-b, europe-west4-b)
@@ -9,7 +10,7 @@
 #   BUCKET       optional GCS bucket mounted with gcsfuse at MOUNT on every worker by setup.sh
 #   REPO_DIR     checkout directory on the workers (relative to the home directory)
 #   SPOT         "1" to create a Spot (preemptible) slice
-#   EXTRA_ARGS   extra arguments for `esjax train` (e.g. "--set train.model_parallel=4")
+#   EXTRA_ARGS   extra arguments for `esjax train`, separated by spaces (e.g. "--set train.model_parallel=4")
 #   PYTHON       interpreter for the workers' virtual environment (python3.11, installed by setup.sh if absent)
 set -euo pipefail
 TPU_NAME="${TPU_NAME:-esjax-v5e}"
@@ -32,7 +33,11 @@ if [[ -z "${PROJECT}" ]]; then
   exit 2
 fi
 
-# gcloud compute tpus tpu-vm ssh on every worker of the slice
+# shellcheck source=tpu/quote.sh
+source "$(dirname "${BASH_SOURCE[0]}")/quote.sh"
+
+# gcloud compute tpus tpu-vm ssh on a worker (or all); the command is a string the workers' shell runs: build it
+# with `quoted` so that no setting is interpreted by that shell
 tpu_ssh() {
   local worker="$1"; shift
   gcloud compute tpus tpu-vm ssh "${TPU_NAME}" --zone="${ZONE}" --project="${PROJECT}" --worker="${worker}" \

@@ -3,6 +3,7 @@
 # GCS bucket (BUCKET) at MOUNT with gcsfuse so that every worker sees the same run directory, and downloading
 # a Hugging Face model (HF_MODEL, e.g. Qwen/Qwen2.5-1.5B-Instruct) to MODEL_DIR on every worker.
 #   TPU_NAME=esjax-v5e ZONE=us-west4-a BUCKET=my-esjax-runs HF_MODEL=Qwen/Qwen2.5-1.5B-Instruct tpu/setup.sh
+# shellcheck source=tpu/env.sh
 source "$(dirname "$0")/env.sh"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 archive="$(mktemp -t esjax-src-XXXXXX.tar.gz)"
@@ -13,13 +14,16 @@ tar -C "${root}" --exclude=.git --exclude=.venv --exclude=runs --exclude='__pyca
 set -x
 gcloud compute tpus tpu-vm scp "${archive}" "${TPU_NAME}:esjax-src.tar.gz" \
   --zone="${ZONE}" --project="${PROJECT}" --worker=all
+# shellcheck disable=SC2088  # the workers' shell expands ~ (their home directory)
+repo="~/$(quoted "${REPO_DIR}")"
+python="$(quoted "${PYTHON}")"
 tpu_ssh all "set -e
-  mkdir -p ~/${REPO_DIR} && tar -C ~/${REPO_DIR} -xzf ~/esjax-src.tar.gz && rm ~/esjax-src.tar.gz
-  cd ~/${REPO_DIR}
-  if ! command -v ${PYTHON} >/dev/null; then  # TPU VM images ship Ubuntu 22.04 with Python 3.10; esjax needs 3.11+
-    sudo apt-get update -qq && sudo apt-get install -y -qq ${PYTHON} ${PYTHON}-venv
+  mkdir -p ${repo} && tar -C ${repo} -xzf ~/esjax-src.tar.gz && rm ~/esjax-src.tar.gz
+  cd ${repo}
+  if ! command -v ${python} >/dev/null; then  # TPU VM images ship Ubuntu 22.04 with Python 3.10; esjax needs 3.11+
+    sudo apt-get update -qq && sudo apt-get install -y -qq ${python} $(quoted "${PYTHON}-venv")
   fi
-  ${PYTHON} -m venv .venv
+  ${python} -m venv .venv
   .venv/bin/pip install --quiet --upgrade pip
   .venv/bin/pip install --quiet -e . 'jax[tpu]'
   .venv/bin/python -c 'import jax; print(jax.local_device_count(), jax.local_devices()[0].device_kind)'"
@@ -32,12 +36,12 @@ if [[ -n "${BUCKET}" ]]; then
       curl -s https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null
       sudo apt-get update -qq && sudo apt-get install -y -qq gcsfuse
     fi
-    sudo mkdir -p ${MOUNT} && sudo chown \$(id -u):\$(id -g) ${MOUNT}
-    mountpoint -q ${MOUNT} || gcsfuse --implicit-dirs ${BUCKET} ${MOUNT}"
+    sudo mkdir -p $(quoted "${MOUNT}") && sudo chown \$(id -u):\$(id -g) $(quoted "${MOUNT}")
+    mountpoint -q $(quoted "${MOUNT}") || gcsfuse --implicit-dirs $(quoted "${BUCKET}" "${MOUNT}")"
 fi
 if [[ -n "${HF_MODEL:-}" ]]; then
   # configs name models as ~/models/<name> (e.g. ~/models/Qwen2.5-7B-Instruct)
   MODEL_DIR="${MODEL_DIR:-models/$(basename "${HF_MODEL}")}"
-  tpu_ssh all "cd ~ && ~/${REPO_DIR}/.venv/bin/python -c \"from huggingface_hub import snapshot_download; \
-    snapshot_download('${HF_MODEL}', local_dir='${MODEL_DIR}')\""
+  download='import sys; from huggingface_hub import snapshot_download as get; get(sys.argv[1], local_dir=sys.argv[2])'
+  tpu_ssh all "cd ~ && ${repo}/.venv/bin/python -c $(quoted "${download}" "${HF_MODEL}" "${MODEL_DIR}")"
 fi

@@ -302,16 +302,21 @@ class Analysis:
 
 def analyze(base: str | Path, models: Mapping[str, str | Path], tasks: Sequence[str], out_dir: str | Path | None,
             options: Options = Options(), task_options: Mapping[str, Mapping[str, Any]] | None = None,
-            es_hparams: Mapping[str, tuple[float, int, int]] | None = None) -> dict[str, Any]:
+            es_hparams: Mapping[str, tuple[float, int, int]] | None = None, trust_task_files: bool = False
+            ) -> dict[str, Any]:
     """Load ``base`` and ``models`` ({name: path}), resolve ``tasks`` (options from ``task_options``, else from the
     models' runs), run :class:`Analysis`, and write ``report.json``, ``report.md`` and PNGs to ``out_dir``
-    (unless None). Missing paths raise FileNotFoundError, bad input ValueError."""
+    (unless None). Missing paths raise FileNotFoundError, bad input ValueError. A task file named by a run's
+    config.yaml is imported only with ``trust_task_files``."""
     from esjax.analysis.report import write_report
     if BASE in models:
         raise ValueError(f"--model: the name {BASE!r} is reserved for --base")
     paths = {BASE: base, **models}
     found = [r for r in (runs.find_run(runs.model_dir(p)) for p in paths.values()) if r is not None]
-    resolved = runs.resolve_tasks(tasks, found, task_options)  # bad paths and tasks fail before any weights load
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise NotADirectoryError(f"--out {out_dir}: exists and is not a directory")
+    # bad paths and tasks fail before any weights load
+    resolved = runs.resolve_tasks(tasks, found, task_options, trust_task_files)
     loaded = {name: load(name, path) for name, path in paths.items()}
     report = Analysis(loaded.pop(BASE), loaded, resolved, options, es_hparams).run()
     if out_dir is not None:

@@ -10,6 +10,7 @@ import sys
 from typing import Any
 
 from esjax.analysis import SECTIONS
+from esjax.cli_args import positive_int
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -37,21 +38,23 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="task options (default: the options the models' runs trained with)")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--split", default="test")
-    p.add_argument("--limit", type=int, default=200, help="prompts per task (default 200)")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the runs' setting, else 128")
-    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch")
+    p.add_argument("--limit", type=positive_int, default=200, help="prompts per task (default 200)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None, help="default: the runs' setting, else 128")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="evaluation batch")
     p.add_argument("--grid", default=None, metavar="START:STOP:NUM|A,B,..",
                    help="interpolation points a (default 0:1:11; use --grid=-0.2:1.2:15 for extrapolation)")
     p.add_argument("--probe-grid", default=None, metavar="START:STOP:NUM|A,B,..",
                    help="probe distances as fractions of the largest update norm (default 0,.25,.5,.75,1,1.5)")
-    p.add_argument("--kl-samples", type=int, default=1, help="sampled completions per prompt for KL")
-    p.add_argument("--kl-batch-size", type=int, default=64)
-    p.add_argument("--kl-chunk", type=int, default=64, help="completion positions per logits chunk")
+    p.add_argument("--kl-samples", type=positive_int, default=1, help="sampled completions per prompt for KL")
+    p.add_argument("--kl-batch-size", type=positive_int, default=64)
+    p.add_argument("--kl-chunk", type=positive_int, default=64, help="completion positions per logits chunk")
     p.add_argument("--topk", type=_ints, default=(1, 4, 16), metavar="K[,K]", help="top-k energy fractions")
     p.add_argument("--es-hparams", action="append", default=[], metavar="NAME=ALPHA,N,T",
                    help="ES theory inputs for a model outside an ES run directory")
     p.add_argument("--skip", default="", metavar="SECTION[,SECTION]", help=f"any of {','.join(SECTIONS)}")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--trust-task-file", action="store_true",
+                   help="import the Python task files the runs' config.yaml name (runs code from those directories)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
     return p
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     options = options_from_args(args)
     models = parse_named(args.model)
     report = analyze(args.base, models, args.tasks.split(","), args.out, options,
-                     parse_task_options(args.task_option), parse_es_hparams(args.es_hparams))
+                     parse_task_options(args.task_option), parse_es_hparams(args.es_hparams), args.trust_task_file)
     print(f"wrote {args.out}/report.json and {args.out}/report.md")
     for name, norms in report.get("geometry", {}).get("norms", {}).items():
         print(f"  ||delta {name}|| = {norms['global']:.4g}")

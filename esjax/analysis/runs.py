@@ -141,28 +141,36 @@ def parse_task_options(items: Iterable[str]) -> dict[str, dict[str, Any]]:
         task, dot, option = key.strip().partition(".")
         if not sep or not dot or not task or not option:
             raise ValueError(f"--task-option {item!r}: expected TASK.KEY=VALUE (e.g. countdown_procedural.counts=[3])")
-        out.setdefault(task, {})[option] = parse_yaml(value)
+        out.setdefault(task, {})[option] = parse_yaml(value, f"--task-option {key.strip()}")
     return out
 
 
-def resolve_tasks(names: Iterable[str], runs: Iterable[RunInfo], options: Mapping[str, Mapping[str, Any]] | None = None
-                  ) -> dict[str, Any]:
+def resolve_tasks(names: Iterable[str], runs: Iterable[RunInfo], options: Mapping[str, Mapping[str, Any]] | None = None,
+                  trust_task_files: bool = False) -> dict[str, Any]:
     """``{name: Task}``: options from ``options[name]`` if given, else from the first run that trained a task of
-    that name, else the task's defaults. Unknown names raise :class:`esjax.tasks.UnknownTaskError`."""
+    that name, else the task's defaults. Unknown names raise :class:`esjax.tasks.UnknownTaskError`.
+
+    A run directory may come from anyone: the Python task file its config.yaml names is imported only with
+    ``trust_task_files`` (``--trust-task-file``); otherwise such a task is refused with a ValueError."""
     from esjax import tasks
     names = [n.strip() for n in names if n.strip()]
     if not names:
         raise ValueError("--tasks: give at least one task name")
-    stages: dict[str, TaskSettings] = {}
+    stages: dict[str, tuple[RunInfo, TaskSettings]] = {}
     for run in runs:
         for st in run.stage_settings():
-            stages.setdefault(st.name, st)
+            stages.setdefault(st.name, (run, st))
     out = {}
     for name in dict.fromkeys(names):
         if options and name in options:
             out[name] = tasks.get(name, **options[name])
         elif name in stages:
-            out[name] = load_task(stages[name])
+            run, st = stages[name]
+            code = st.file or (st.name.rpartition(":")[0] if ".py:" in st.name else None)
+            if code and not trust_task_files:
+                raise ValueError(f"{run.run_dir / 'config.yaml'}: task {name!r} is defined by the Python file "
+                                 f"{code!r}; pass --trust-task-file to import (run) it")
+            out[name] = load_task(st)
         else:
             out[name] = tasks.get(name)
     return out

@@ -126,11 +126,21 @@ def _as_ids(value: Any) -> tuple:
 def _require(cfg: dict[str, Any], key: str, typ: type, where: str) -> Any:
     if key not in cfg:
         raise ModelConfigError(f"{where}: missing required field '{key}'")
-    value = cfg[key]
+    return _positive(cfg[key], key, typ, where)
+
+
+def _positive(value: Any, key: str, typ: type, where: str) -> Any:
+    """``value`` as a positive ``typ`` (int, or float from an int or float), else ModelConfigError naming ``key``."""
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if not isinstance(value, typ) or isinstance(value, bool) and typ is not bool:
-        raise ModelConfigError(f"{where}: field '{key}' must be {typ.__name__}, got {value!r}")
+    if not isinstance(value, typ) or isinstance(value, bool) or not value > 0:
+        raise ModelConfigError(f"{where}: field '{key}' must be a positive {typ.__name__}, got {value!r}")
+    return value
+
+
+def _token_id(value: Any, key: str, where: str) -> int | None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        raise ModelConfigError(f"{where}: field '{key}' must be a token id (an integer >= 0), got {value!r}")
     return value
 
 
@@ -139,6 +149,8 @@ def _rope_from(cfg: dict[str, Any], where: str) -> tuple[float, dict[str, Any]]:
     params = cfg.get("rope_parameters")
     if isinstance(params, dict) and params and all(isinstance(v, dict) for v in params.values()):
         raise ModelConfigError(f"{where}: field 'rope_parameters' with per-layer-type RoPE is not supported")
+    if not isinstance(params, (dict, type(None))):
+        raise ModelConfigError(f"{where}: field 'rope_parameters' must be an object, got {params!r}")
     params = dict(params or {})
     legacy = cfg.get("rope_scaling")
     if legacy:
@@ -160,19 +172,19 @@ def _rope_from(cfg: dict[str, Any], where: str) -> tuple[float, dict[str, Any]]:
     for key in needed:
         if key not in params:
             raise ModelConfigError(f"{where}: rope_type {kind!r} needs field '{key}'")
-        out[key] = float(params[key])
+        out[key] = _positive(params[key], key, float, where)
     if kind == "llama3":
-        out["original_max_position_embeddings"] = int(
-            params.get("original_max_position_embeddings", cfg.get("max_position_embeddings", 8192))
-        )
+        out["original_max_position_embeddings"] = _positive(
+            params.get("original_max_position_embeddings", cfg.get("max_position_embeddings", 8192)),
+            "original_max_position_embeddings", int, where)
     return float(theta), out
 
 
-def _eos_ids(cfg: dict[str, Any], gen: dict[str, Any]) -> tuple[int, ...]:
+def _eos_ids(cfg: dict[str, Any], gen: dict[str, Any], where: str) -> tuple[int, ...]:
     eos = gen.get("eos_token_id", cfg.get("eos_token_id"))
     if eos is None:
         return ()
-    return tuple(int(e) for e in (eos if isinstance(eos, list) else [eos]))
+    return tuple(_token_id(e, "eos_token_id", where) for e in (eos if isinstance(eos, list) else [eos]))
 
 
 def config_from_hf(cfg: dict[str, Any], generation_config: dict[str, Any] | None = None, where: str = "config.json") -> ModelConfig:
@@ -180,6 +192,10 @@ def config_from_hf(cfg: dict[str, Any], generation_config: dict[str, Any] | None
 
     Raises :class:`ModelConfigError` naming the offending field for anything unsupported.
     """
+    if not isinstance(cfg, dict):
+        raise ModelConfigError(f"{where}: expected a JSON object, got {type(cfg).__name__}")
+    if not isinstance(generation_config, (dict, type(None))):
+        raise ModelConfigError(f"{where}: generation_config.json must be a JSON object")
     gen = generation_config or {}
     model_type = cfg.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
@@ -189,11 +205,12 @@ def config_from_hf(cfg: dict[str, Any], generation_config: dict[str, Any] | None
     ints = {k: _require(cfg, k, int, where) for k in (
         "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")}
     heads = ints["num_attention_heads"]
-    kv_heads = cfg.get("num_key_value_heads") or heads
-    if not isinstance(kv_heads, int) or heads % kv_heads:
+    kv_heads = cfg.get("num_key_value_heads")
+    kv_heads = heads if kv_heads is None else _positive(kv_heads, "num_key_value_heads", int, where)
+    if heads % kv_heads:
         raise ModelConfigError(f"{where}: field 'num_key_value_heads' = {kv_heads!r} must divide num_attention_heads = {heads}")
-    head_dim = cfg.get("head_dim") or ints["hidden_size"] // heads
-    if not isinstance(head_dim, int) or head_dim % 2:
+    head_dim = ints["hidden_size"] // heads if cfg.get("head_dim") is None else cfg["head_dim"]
+    if _positive(head_dim, "head_dim", int, where) % 2:
         raise ModelConfigError(f"{where}: field 'head_dim' must be an even integer, got {head_dim!r}")
     if cfg.get("head_dim") is None and ints["hidden_size"] % heads:
         raise ModelConfigError(f"{where}: field 'hidden_size' must be divisible by num_attention_heads without 'head_dim'")
@@ -208,7 +225,8 @@ def config_from_hf(cfg: dict[str, Any], generation_config: dict[str, Any] | None
     attention_bias = bool(cfg.get("attention_bias", False))
     if cfg.get("pretraining_tp", 1) not in (1, None):
         raise ModelConfigError(f"{where}: field 'pretraining_tp' != 1 is not supported")
-    eps = cfg.get("rms_norm_eps", 1e-6)
+    eps = _positive(cfg.get("rms_norm_eps", 1e-6), "rms_norm_eps", float, where)
+    max_positions = _positive(cfg.get("max_position_embeddings", 32768), "max_position_embeddings", int, where)
     return ModelConfig(
         model_type=model_type,
         **ints,
@@ -217,15 +235,15 @@ def config_from_hf(cfg: dict[str, Any], generation_config: dict[str, Any] | None
         rms_norm_eps=float(eps),
         rope_theta=theta,
         rope_scaling=tuple(sorted(rope.items())),
-        max_position_embeddings=int(cfg.get("max_position_embeddings", 32768)),
+        max_position_embeddings=max_positions,
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         qkv_bias=True if model_type == "qwen2" else attention_bias,
         o_bias=attention_bias if model_type != "qwen2" else False,
         mlp_bias=bool(cfg.get("mlp_bias", False)) if model_type == "llama" else False,
         qk_norm=model_type == "qwen3",
-        eos_token_ids=_eos_ids(cfg, gen),
-        bos_token_id=gen.get("bos_token_id", cfg.get("bos_token_id")),
-        pad_token_id=gen.get("pad_token_id", cfg.get("pad_token_id")),
+        eos_token_ids=_eos_ids(cfg, gen, where),
+        bos_token_id=_token_id(gen.get("bos_token_id", cfg.get("bos_token_id")), "bos_token_id", where),
+        pad_token_id=_token_id(gen.get("pad_token_id", cfg.get("pad_token_id")), "pad_token_id", where),
         hf_config_json=json.dumps(cfg, sort_keys=True),
         hf_generation_json=json.dumps(gen, sort_keys=True),
     )
@@ -239,8 +257,13 @@ def load_config(model_dir: str | Path) -> ModelConfig:
         raise ModelConfigError(f"{model_dir}: no config.json (not a Hugging Face model directory)")
     try:
         cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
         raise ModelConfigError(f"{path}: not valid JSON ({e})") from None
     gen_path = model_dir / "generation_config.json"
-    gen = json.loads(gen_path.read_text()) if gen_path.is_file() else None
+    try:
+        gen = json.loads(gen_path.read_text()) if gen_path.is_file() else None
+    except ValueError as e:
+        raise ModelConfigError(f"{gen_path}: not valid JSON ({e})") from None
+    if not isinstance(gen, (dict, type(None))):
+        raise ModelConfigError(f"{gen_path}: expected a JSON object, got {type(gen).__name__}")
     return config_from_hf(cfg, gen, where=str(path))

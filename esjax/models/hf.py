@@ -55,11 +55,20 @@ def hf_name_map(config: ModelConfig) -> dict[str, tuple[tuple[str, ...], bool]]:
 
 
 def safetensors_files(model_dir: Path) -> list[Path]:
+    """The weight files of an HF directory: the shards its index names (each a plain file name inside
+    ``model_dir``), else every ``*.safetensors`` file."""
     index = model_dir / INDEX_FILE
     if index.is_file():
-        weight_map = json.loads(index.read_text()).get("weight_map", {})
-        files = sorted({model_dir / f for f in weight_map.values()})
-        missing = [str(f) for f in files if not f.is_file()]
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            shards = set(weight_map.values())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise CheckpointError(f"{index}: not a safetensors index (a JSON object with a 'weight_map')") from None
+        for name in sorted(map(str, shards)):
+            if not name or Path(name).is_absolute() or ".." in Path(name).parts or "\\" in name:
+                raise CheckpointError(f"{index}: shard name {name!r} is not a file name inside the model directory")
+        files = sorted(model_dir / f for f in shards)
+        missing = [f.name for f in files if not f.is_file()]
         if missing:
             raise CheckpointError(f"{index}: shard files missing: {', '.join(missing)}")
         return files
@@ -70,9 +79,10 @@ def safetensors_files(model_dir: Path) -> list[Path]:
 
 
 def checkpoint_dtype(model_dir: str | Path) -> np.dtype:
-    """The floating dtype of the checkpoint's first tensor."""
+    """The dtype of the checkpoint's first floating-point tensor (float32 if it has none)."""
     header, _ = read_header(safetensors_files(Path(model_dir))[0])
-    return next(DTYPES[v["dtype"]] for v in header.values())
+    floats = (DTYPES.get(v.get("dtype")) for v in header.values() if isinstance(v, dict))
+    return next((d for d in floats if d is not None and jnp.issubdtype(d, jnp.floating)), np.dtype(np.float32))
 
 
 def load_hf(path: str | Path, dtype: Any = "float32", sharding: Any = None) -> tuple[ModelConfig, Params]:
@@ -101,6 +111,9 @@ def load_hf(path: str | Path, dtype: Any = "float32", sharding: Any = None) -> t
                 unknown.append(name)
                 continue
             key, transpose = names[name]
+            if not jnp.issubdtype(tensor.dtype, jnp.floating):
+                raise CheckpointError(f"{file}: tensor {name!r} has dtype {tensor.dtype}; model weights must be "
+                                      f"floating point")
             got = tensor.shape[::-1] if transpose else tensor.shape
             want = shapes[key].shape
             if tuple(got) != tuple(want):

@@ -37,8 +37,10 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
             raise SafetensorsError(f"{path}: implausible header size {n}")
         try:
             header = json.loads(f.read(n))
-        except json.JSONDecodeError as e:
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
             raise SafetensorsError(f"{path}: corrupt header ({e})") from None
+    if not isinstance(header, dict):
+        raise SafetensorsError(f"{path}: corrupt header (not a JSON object)")
     header.pop("__metadata__", None)
     return header, 8 + n
 
@@ -46,18 +48,30 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
 def iter_tensors(path: Path) -> Iterator[tuple[str, np.ndarray]]:
     """Yield (name, read-only memmapped array) for every tensor of one file, in file order."""
     header, start = read_header(path)
-    for name, info in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
-        dtype = DTYPES.get(info["dtype"])
-        if dtype is None:
-            raise SafetensorsError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
-        lo, hi = info["data_offsets"]
-        shape = tuple(info["shape"])
-        if hi - lo != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
-            raise SafetensorsError(f"{path}: tensor {name!r} byte range does not match its shape {shape}")
+    size = path.stat().st_size
+    entries = sorted(((name, *_entry(path, name, info)) for name, info in header.items()), key=lambda e: e[3])
+    end = start + max((e[4] for e in entries), default=0)
+    if end > size:
+        raise SafetensorsError(f"{path}: truncated safetensors file ({size} bytes, the header describes {end})")
+    for name, dtype, shape, lo, hi in entries:
         if hi == lo:
             yield name, np.zeros(shape, dtype)
         else:
             yield name, np.memmap(path, dtype=dtype, mode="r", offset=start + lo, shape=shape)
+
+
+def _entry(path: Path, name: str, info: Any) -> tuple[np.dtype, tuple[int, ...], int, int]:
+    """(dtype, shape, start, end) of one header entry, checked: known dtype, byte range matching the shape."""
+    try:
+        dtype, shape, (lo, hi) = DTYPES.get(info["dtype"]), tuple(int(d) for d in info["shape"]), info["data_offsets"]
+        lo, hi = int(lo), int(hi)
+    except (KeyError, TypeError, ValueError):
+        raise SafetensorsError(f"{path}: corrupt header entry for tensor {name!r}") from None
+    if dtype is None:
+        raise SafetensorsError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
+    if min(shape, default=0) < 0 or lo < 0 or hi - lo != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+        raise SafetensorsError(f"{path}: tensor {name!r} byte range does not match its shape {shape}")
+    return dtype, shape, lo, hi
 
 
 def dtype_name(dtype: Any) -> str:

@@ -96,10 +96,19 @@ def _sync(name: str) -> None:
 
 
 def read_model_config(path: str | Path) -> tuple[ModelConfig, str]:
-    meta = json.loads((Path(path) / MODEL_FILE).read_text())
-    if meta.get("format") != 1:
-        raise ModelConfigError(f"{path}/{MODEL_FILE}: unknown checkpoint format {meta.get('format')!r}")
-    return ModelConfig.from_dict(meta["config"]), meta["dtype"]
+    file = Path(path) / MODEL_FILE
+    try:
+        meta = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelConfigError(f"{file}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != 1:
+        found = meta.get("format") if isinstance(meta, dict) else meta
+        raise ModelConfigError(f"{file}: unknown checkpoint format {found!r}")
+    try:
+        config, dtype = ModelConfig.from_dict(meta["config"]), str(jnp.dtype(meta["dtype"]))
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise ModelConfigError(f"{file}: malformed checkpoint metadata ({type(e).__name__}: {e})") from None
+    return config, dtype
 
 
 def restore_params(directory: str | Path, config: ModelConfig, dtype: Any, sharding: Any = None) -> Params:

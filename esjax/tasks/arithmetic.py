@@ -14,7 +14,8 @@ A hand-written tokenizer and recursive-descent parser; nothing is ever passed to
   literal and intermediate value within ``max_abs`` (1e12) in magnitude. Division by zero fails.
 - Integer ``+ - *`` is exact (Python ints); ``/`` is true division (floats), like Python.
 
-Failures return ``None``; nothing raises.
+Failures return ``None``; nothing raises, for any limits (an integer literal longer than Python's int-conversion
+digit limit is a failure too).
 """
 
 from __future__ import annotations
@@ -61,7 +62,10 @@ def tokenize(expression: str, max_length: int = MAX_LENGTH) -> list | None:
             elif literal[0] == "0" and literal.strip("0"):
                 return None  # leading zero, e.g. "07"
             else:
-                tokens.append(int(literal))
+                try:
+                    tokens.append(int(literal))
+                except ValueError:  # past Python's int-conversion digit limit (sys.set_int_max_str_digits)
+                    return None
             i = j
         else:
             return None
@@ -131,15 +135,16 @@ class _Parser:
 
 def safe_eval(expression: str, *, max_length: int = MAX_LENGTH, max_depth: int = MAX_DEPTH,
               max_abs: float = MAX_ABS) -> float | None:
-    """Value of an arithmetic expression as a float, or ``None`` (syntax error, limits, division by zero)."""
-    tokens = tokenize(expression, max_length)
-    if not tokens:
-        return None
-    parser = _Parser(tokens, max_depth, max_abs)
+    """Value of an arithmetic expression as a float, or ``None`` (syntax error, limits, division by zero).
+
+    Never raises, whatever the expression and the limits (a limit that is not a number rejects everything or
+    nothing, as the comparison with it goes; values past the float range are rejected)."""
     try:
+        tokens = tokenize(expression, max_length)
+        if not tokens:
+            return None
+        parser = _Parser(tokens, max_depth, max_abs)
         value = parser.expr(0)
-    except (_Reject, OverflowError, RecursionError):
+        return float(value) if parser.i == len(tokens) else None
+    except (_Reject, ArithmeticError, RecursionError, MemoryError, TypeError, ValueError):
         return None
-    if parser.i != len(tokens):
-        return None
-    return float(value)

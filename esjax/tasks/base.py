@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -158,10 +160,31 @@ def load_task_file(path: str | Path) -> list[str]:
     if spec is None or spec.loader is None:
         raise TaskDataError(f"cannot import task file {path}")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise TaskDataError(f"{path}:{e.lineno}: cannot import task file: syntax error: {e.msg}") from None
+    except Exception as e:  # the file's own code failed: report it on one line, naming the file
+        where = next((f"{path}:{t.lineno}" for t in reversed(traceback.extract_tb(e.__traceback__))
+                      if t.filename == str(path)), str(path))
+        raise TaskDataError(f"{where}: cannot import task file: {type(e).__name__}: {e}") from None
     added = sorted(set(_REGISTRY) - before)
     _LOADED_FILES[key] = added
     return list(added)
+
+
+def _check_options(name: str, factory: Callable[..., Task], options: Mapping[str, Any]) -> None:
+    """Raise :class:`TaskDataError` naming an option the task's factory does not take."""
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # no introspectable signature: the factory checks its own options
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        return
+    known = [p.name for p in signature.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise TaskDataError(f"task {name!r}: unknown option {unknown[0]!r} (options: {', '.join(known) or 'none'})")
 
 
 def get(name: str, **options: Any) -> Task:
@@ -174,7 +197,13 @@ def get(name: str, **options: Any) -> Task:
         load_task_file(file)
     if name not in _REGISTRY:
         raise UnknownTaskError(f"unknown task {name!r}; known tasks: {names()}")
-    task = _REGISTRY[name](**options)
+    _check_options(name, _REGISTRY[name], options)
+    try:
+        task = _REGISTRY[name](**options)
+    except (TaskDataError, UnknownTaskError):
+        raise
+    except (TypeError, ValueError) as e:  # an option of the wrong type or out of range
+        raise TaskDataError(f"task {name!r}: invalid options {options}: {e}") from None
     if not all(callable(getattr(task, a, None)) for a in ("reward", "split", "prompt")):
         raise TypeError(f"the factory of task {name!r} returned {type(task).__name__}, not a Task")
     if not getattr(task, "name", ""):
