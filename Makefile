@@ -2,6 +2,9 @@
 #   make demo   ES fine-tuning of the embedded tiny model on Countdown (CPU, minutes)
 #   make test   the test suite (installs the test extra: pytest, hypothesis, ruff, CPU torch for parity checks)
 # and, for development: make test-fast (the suite without the `slow` end-to-end runs), make lint (ruff)
+# On an accelerator host, instead of `make install`:
+#   make install-cuda12   NVIDIA GPUs, CUDA 12 wheels (install-cuda13: CUDA 13; the driver must support it)
+#   make install-tpu      Cloud TPU VM (libtpu)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,7 +12,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast lint install clean
+.PHONY: demo test test-fast lint install install-cuda12 install-cuda13 install-tpu clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +28,10 @@ $(VENV)/.test: pyproject.toml $(VENV)/.base
 	touch $@
 
 install: $(VENV)/.base
+
+install-cuda12 install-cuda13 install-tpu: install-%: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[$*]'
+	$(BIN)/python -c "import jax; print('jax', jax.__version__, 'devices:', jax.devices())"
 
 demo: $(VENV)/.base
 	$(BIN)/esjax demo

@@ -4,7 +4,7 @@ Layout of an esjax model checkpoint directory::
 
     esjax_model.json   {"format": 1, "config": ModelConfig.to_dict(), "dtype": "float32"}; the config keeps the
                        source's config.json, generation_config.json and shard layout for export
-    params/            orbax StandardCheckpointer tree of the params pytree
+    params/            orbax PyTree checkpoint of the params pytree (zarr, one array per leaf, 16 MiB chunks)
     tokenizer/         tokenizer files copied from the source HF directory (when it had any), with its
                        config.json, so that ``AutoTokenizer.from_pretrained`` loads it as from the source
 """
@@ -27,6 +27,15 @@ from esjax.models.decoder import Params, param_shapes
 from esjax.models.hf import copy_tokenizer_files, is_hf_dir, load_hf
 
 MODEL_FILE = "esjax_model.json"
+WRITE_CHUNK_BYTES = 16 << 20  # orbax writes each leaf in chunks of at most this size
+
+
+def _save_params(directory: Path, params: Params) -> None:
+    """Write ``params`` with orbax, holding about one chunk per leaf in flight beside them, not a second copy of
+    the model (a whole-array transfer or OCDBT's write buffers would double the host memory of a conversion)."""
+    handler = ocp.PyTreeCheckpointHandler(use_ocdbt=False)
+    chunked = jax.tree.map(lambda _: ocp.SaveArgs(chunk_byte_size=WRITE_CHUNK_BYTES), params)
+    ocp.Checkpointer(handler).save(directory, args=ocp.args.PyTreeSave(params, save_args=chunked))
 
 
 class LoadedModel(NamedTuple):
@@ -53,9 +62,7 @@ def save_model(path: str | Path, config: ModelConfig, params: Params, source_dir
         raise FileExistsError(f"{path} exists and is not empty (pass --overwrite to replace it)")
     tmp = _shared_name(temp_dir_beside(path) if main else None)
     try:
-        checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(tmp / "params", params)
-        checkpointer.wait_until_finished()
+        _save_params(tmp / "params", params)
         if not main:
             _sync(f"esjax_save_model_end:{path}")
             return path
