@@ -30,13 +30,21 @@ SHAPES = {
 
 SHAPE_NAMES = (*SHAPES, "embedded")
 
-# Dense peak (bf16 FLOP/s, HBM bytes/s) by device kind, from the vendors' data sheets (SXM parts).
+# Dense peak (bf16 FLOP/s, HBM bytes/s) per device, from the vendors' data sheets, keyed by the start of
+# jax's ``device_kind`` (the first match wins: the more specific names first).
 DEVICE_PEAKS = {
-    "NVIDIA H100 80GB HBM3": (989e12, 3.35e12),
-    "NVIDIA H100": (989e12, 3.35e12),
+    "NVIDIA H100 PCIe": (756e12, 2.0e12),
+    "NVIDIA H100 NVL": (835e12, 3.9e12),
+    "NVIDIA H100": (989e12, 3.35e12),  # SXM, "NVIDIA H100 80GB HBM3"
     "NVIDIA H200": (989e12, 4.8e12),
-    "TPU v5 lite": (197e12, 0.819e12),
+    "NVIDIA A100-SXM4-80GB": (312e12, 2.039e12),
+    "NVIDIA A100 80GB PCIe": (312e12, 1.935e12),
+    "NVIDIA A100": (312e12, 1.555e12),  # 40 GB, SXM4 or PCIe
     "TPU v4": (275e12, 1.2e12),
+    "TPU v5 lite": (197e12, 0.819e12),  # v5e
+    "TPU v5p": (459e12, 2.765e12),
+    "TPU v5": (459e12, 2.765e12),  # v5p
+    "TPU v6 lite": (918e12, 1.64e12),  # v6e (Trillium)
 }
 
 

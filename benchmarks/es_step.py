@@ -32,6 +32,50 @@ from esjax.models import init_params  # noqa: E402
 from esjax.sampling import SamplingConfig, generate_jit  # noqa: E402
 
 
+def measure_es(config, params, population: int, prompts: int, prompt_len: int, new_tokens: int,
+               noises=("full", "lowrank"), rank: int = 1, chunk: str | int = "auto", repeats: int = 2,
+               plain: bool = True) -> dict:
+    """Population rollout and update seconds per noise kind on one device; with ``plain``, also one batched
+    generate of the same N x B sequences with the unperturbed weights and the rollout/plain throughput ratio."""
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(2, min(config.vocab_size, 250), (prompts, prompt_len)).astype(np.int32)
+    mask = np.ones_like(tokens)
+    sampling = SamplingConfig(max_new_tokens=new_tokens, eos_token_ids=(), pad_token_id=1)
+    n, b, t = population, prompts, new_tokens
+    tokens_total = n * b * t
+    dtype = jax.tree.leaves(params)[0].dtype
+    result = {"population": n, "prompts": b, "prompt_len": prompt_len, "new_tokens": t, "dtype": str(dtype)}
+    base_s = None
+    if plain:  # the same N x B sequences, unperturbed weights, one batched generate
+        flat = jnp.asarray(np.tile(tokens, (n, 1)))
+        base_first, base_s = timed(lambda: generate_jit(config, params, flat, jnp.ones_like(flat), jax.random.key(0),
+                                                        sampling).tokens, repeats)
+        result |= {"plain_generate_s": round(base_s, 4), "plain_tokens_per_s": round(tokens_total / base_s, 1),
+                   "plain_compile_plus_first_s": round(base_first, 2), "peak_memory_bytes_plain": peak_memory_bytes()}
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("population",))
+    for noise in noises:
+        es = ESConfig(population_size=n, sigma=1e-3, alpha=5e-4, noise=noise, rank=rank,
+                      population_chunk=chunk if chunk == "auto" else int(chunk), master_fp32=dtype != jnp.float32)
+        runner = make_runner(es, config, sampling, mesh, params, tokens.shape)
+        state = es_init(runner, params, jax.random.key(1))
+        roll = lambda: runner.rollout(state.params, state.run_key, state.iteration, jnp.asarray(tokens),  # noqa: E731
+                                      jnp.asarray(mask), jax.random.key(2)).tokens
+        first, roll_s = timed(roll, repeats)
+        fitness = jnp.asarray(rng.normal(size=n), jnp.float32)
+        update_first, update_s = timed(lambda: runner.update(jax.tree.map(jnp.copy, state), fitness)[0].params,
+                                       repeats)
+        result[noise] = {
+            "population_chunk": runner.rollout.chunk, "rollout_s": round(roll_s, 4),
+            "rollout_tokens_per_s": round(tokens_total / roll_s, 1), "update_s": round(update_s, 4),
+            "update_fraction_of_iteration": round(update_s / (roll_s + update_s), 4),
+            "rollout_compile_plus_first_s": round(first, 2), "update_compile_plus_first_s": round(update_first, 2),
+            "peak_memory_bytes": peak_memory_bytes(),
+        }
+        if base_s is not None:
+            result[noise]["ratio_vs_plain_generation"] = round(base_s / roll_s, 3)
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="tiny", choices=SHAPE_NAMES)
@@ -49,42 +93,9 @@ def main() -> None:
 
     config = model_config(args.shape)
     params = jax.jit(init_params, static_argnums=(0, 2))(config, jax.random.key(0), args.dtype)
-    rng = np.random.default_rng(0)
-    prompts = rng.integers(2, min(config.vocab_size, 250), (args.prompts, args.prompt_len)).astype(np.int32)
-    mask = np.ones_like(prompts)
-    sampling = SamplingConfig(max_new_tokens=args.new_tokens, eos_token_ids=(), pad_token_id=1)
-    n, b, t = args.population, args.prompts, args.new_tokens
-    tokens_total = n * b * t
-
-    # baseline: the same N x B sequences, unperturbed weights, one batched generate
-    flat = jnp.asarray(np.tile(prompts, (n, 1)))
-    base_first, base_s = timed(lambda: generate_jit(config, params, flat, jnp.ones_like(flat), jax.random.key(0),
-                                                    sampling).tokens, args.repeats)
-    result = {"benchmark": "es_step", "shape": args.shape, "params": config.num_params(), "population": n,
-              "prompts": b, "prompt_len": args.prompt_len, "new_tokens": t, "dtype": args.dtype, **device_info(),
-              "plain_generate_s": round(base_s, 4), "plain_tokens_per_s": round(tokens_total / base_s, 1),
-              "plain_compile_plus_first_s": round(base_first, 2), "peak_memory_bytes_plain": peak_memory_bytes()}
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("population",))
-    for noise in args.noise:
-        chunk = args.chunk if args.chunk == "auto" else int(args.chunk)
-        es = ESConfig(population_size=n, sigma=1e-3, alpha=5e-4, noise=noise, rank=args.rank, population_chunk=chunk,
-                      master_fp32=args.dtype != "float32")
-        runner = make_runner(es, config, sampling, mesh, params, prompts.shape)
-        state = es_init(runner, params, jax.random.key(1))
-        roll = lambda: runner.rollout(state.params, state.run_key, state.iteration, jnp.asarray(prompts),  # noqa: E731
-                                      jnp.asarray(mask), jax.random.key(2)).tokens
-        first, roll_s = timed(roll, args.repeats)
-        fitness = jnp.asarray(rng.normal(size=n), jnp.float32)
-        update_first, update_s = timed(lambda: runner.update(jax.tree.map(jnp.copy, state), fitness)[0].params,
-                                       args.repeats)
-        result[noise] = {
-            "population_chunk": runner.rollout.chunk, "rollout_s": round(roll_s, 4),
-            "rollout_tokens_per_s": round(tokens_total / roll_s, 1),
-            "ratio_vs_plain_generation": round(base_s / roll_s, 3), "update_s": round(update_s, 4),
-            "update_fraction_of_iteration": round(update_s / (roll_s + update_s), 4),
-            "rollout_compile_plus_first_s": round(first, 2), "update_compile_plus_first_s": round(update_first, 2),
-            "peak_memory_bytes": peak_memory_bytes(),
-        }
+    result = {"benchmark": "es_step", "shape": args.shape, "params": config.num_params(), **device_info(),
+              **measure_es(config, params, args.population, args.prompts, args.prompt_len, args.new_tokens,
+                           args.noise, args.rank, args.chunk, args.repeats)}
     out = args.out or Path(__file__).parent / f"es_step-{args.shape}-{result['platform']}.json"
     write_result(out, result)
 

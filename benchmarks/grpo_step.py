@@ -80,9 +80,10 @@ print("TRL_RESULT " + json.dumps({"trl": trl.__version__, "torch": torch.__versi
 """
 
 
-def esjax_steps(config, model, params, sampling, prompts, mask, steps):
-    """Per-step seconds of ``grpo_step`` and of its rollout / train parts (first step: compilation)."""
-    trainer = make_trainer(config, model, sampling, data_mesh())
+def esjax_steps(config, model, params, sampling, prompts, mask, steps, devices=None):
+    """Per-step seconds of ``grpo_step`` and of its rollout / train parts (first step: compilation), on a data mesh
+    of ``devices`` (default: all)."""
+    trainer = make_trainer(config, model, sampling, data_mesh(devices))
     state = init_state(config, params)
     marks = {}
 
@@ -97,6 +98,31 @@ def esjax_steps(config, model, params, sampling, prompts, mask, steps):
         end = time.perf_counter()
         rows.append({"step_s": end - start, "rollout_s": marks["scored"] - start, "train_s": end - marks["scored"]})
     return rows, metrics, trainer, state
+
+
+def measure_grpo(model, params, prompts: int, generations: int, prompt_len: int, new_tokens: int, chunk: int,
+                 repeats: int, devices=None) -> dict:
+    """Median seconds of a full GRPO step (rollout of prompts x generations rows to exactly ``new_tokens``, scoring,
+    loss, update) over ``repeats`` steps after a first one that compiles, on ``devices`` (default: all).
+    ``params`` are donated."""
+    config = GRPOConfig(num_generations=generations, learning_rate=1e-6, logprob_chunk_size=chunk)
+    sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, eos_token_ids=(), pad_token_id=1)
+    rows_n = prompts * generations
+    rng = np.random.default_rng(0)
+    tokens = np.repeat(rng.integers(8, min(model.vocab_size, 264), (prompts, prompt_len)), generations,
+                       axis=0).astype(np.int32)
+    rows, metrics, _, _ = esjax_steps(config, model, params, sampling, tokens, np.ones_like(tokens), 1 + repeats,
+                                      devices)
+    median = lambda key: float(np.median([r[key] for r in rows[1:]]))  # noqa: E731
+    step_s = median("step_s")
+    return {"prompts": prompts, "generations": generations, "rows": rows_n, "prompt_len": prompt_len,
+            "new_tokens": new_tokens, "dtype": str(jax.tree.leaves(params)[0].dtype), "logprob_chunk_size": chunk,
+            "first_step_s_incl_compile": round(rows[0]["step_s"], 3), "step_s": round(step_s, 4),
+            "rollout_s": round(median("rollout_s"), 4), "train_s": round(median("train_s"), 4),
+            "completion_tokens_per_s": round(rows_n * new_tokens / step_s, 1),
+            "total_tokens_per_s": round(rows_n * (prompt_len + new_tokens) / step_s, 1),
+            "peak_memory_bytes": peak_memory_bytes(),
+            "final_metrics": {k: float(f"{v:.5g}") for k, v in metrics.items()}}
 
 
 def temp_bytes(fn, *args) -> int:
@@ -176,29 +202,12 @@ def main() -> None:
 
     model = model_config(args.shape)
     params = jax.jit(init_params, static_argnums=(0, 2))(model, jax.random.key(0), args.dtype)
-    config = GRPOConfig(num_generations=args.generations, learning_rate=1e-6, logprob_chunk_size=args.chunk)
-    sampling = SamplingConfig(max_new_tokens=args.new_tokens, temperature=1.0, eos_token_ids=(), pad_token_id=1)
-    rows_n = args.prompts * args.generations
-    rng = np.random.default_rng(0)
-    prompts = np.repeat(rng.integers(8, min(model.vocab_size, 264), (args.prompts, args.prompt_len)),
-                        args.generations, axis=0).astype(np.int32)
-    mask = np.ones_like(prompts)
-
     host_params = jax.device_get(params)  # init_state keeps params without a copy and the step donates them
-    rows, metrics, _, _ = esjax_steps(config, model, params, sampling, prompts, mask, 1 + args.repeats)
-    median = lambda key: float(np.median([r[key] for r in rows[1:]]))  # noqa: E731
-    step_s = median("step_s")
+    result = {"benchmark": "grpo_step", "shape": args.shape, "params": model.num_params(), **device_info(),
+              **measure_grpo(model, params, args.prompts, args.generations, args.prompt_len, args.new_tokens,
+                             args.chunk, args.repeats)}
+    rows_n = args.prompts * args.generations
     completion_tokens = rows_n * args.new_tokens
-    result = {
-        "benchmark": "grpo_step", "shape": args.shape, "params": model.num_params(), "prompts": args.prompts,
-        "generations": args.generations, "rows": rows_n, "prompt_len": args.prompt_len,
-        "new_tokens": args.new_tokens, "dtype": args.dtype, "logprob_chunk_size": args.chunk, **device_info(),
-        "first_step_s_incl_compile": round(rows[0]["step_s"], 3), "step_s": round(step_s, 4),
-        "rollout_s": round(median("rollout_s"), 4), "train_s": round(median("train_s"), 4),
-        "completion_tokens_per_s": round(completion_tokens / step_s, 1),
-        "total_tokens_per_s": round(rows_n * (args.prompt_len + args.new_tokens) / step_s, 1),
-        "peak_memory_bytes": peak_memory_bytes(), "final_metrics": {k: float(f"{v:.5g}") for k, v in metrics.items()},
-    }
     result["logprob_memory"] = {
         "model": model_logprob_memory(model, host_params, rows_n, args.prompt_len, args.new_tokens, args.chunk),
         "qwen2.5-0.5b_head": {"vocab": 151936, "hidden": 896,
@@ -210,7 +219,7 @@ def main() -> None:
         if isinstance(trl, dict):
             result |= {"trl_step_s": round(trl["step_s"], 4),
                        "trl_completion_tokens_per_s": round(completion_tokens / trl["step_s"], 1),
-                       "speedup_vs_trl": round(trl["step_s"] / step_s, 2)}
+                       "speedup_vs_trl": round(trl["step_s"] / result["step_s"], 2)}
     out = args.out or Path(__file__).parent / f"grpo_step-{args.shape}-{result['platform']}.json"
     write_result(out, result)
 

@@ -25,7 +25,7 @@ tpu_ssh all "set -e
   fi
   ${python} -m venv .venv
   .venv/bin/pip install --quiet --upgrade pip
-  .venv/bin/pip install --quiet -e . 'jax[tpu]'
+  .venv/bin/pip install --quiet -e '.[tpu]'
   .venv/bin/python -c 'import jax; print(jax.local_device_count(), jax.local_devices()[0].device_kind)'"
 if [[ -n "${BUCKET}" ]]; then
   tpu_ssh all "set -e
