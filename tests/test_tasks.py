@@ -27,7 +27,7 @@ def countdown(**options):
                      **options)
 
 
-# -- Countdown reward: a table computed by hand from DESIGN.md §6 -------------------------------------------
+# -- Countdown reward: a table computed by hand from the ES paper's reward code ---------------------------
 # (completion, format, answer); numbers [44, 19, 35], target 98; reward = 0.1 * format + answer.
 CASES = [
     ("Add them.</think>\n<answer>44 + 19 + 35</answer>", 1.0, 1.0),          # full format, correct: 1.1
@@ -311,19 +311,21 @@ def test_math_task():
     task = tasks.get("math")
     ex = task.split("test")[0]  # 1/2 + 1/3 = 5/6
     assert task.reward("... so the sum is \\boxed{\\dfrac{5}{6}}", ex) == (1.0, {"answer": 1.0, "boxed": 1.0})
-    assert task.reward("\\boxed{5/6}", ex)[0] == 1.0
+    assert task.reward("\\boxed{5/6}", ex)[0] == 0.0  # the reference compares a/b only with a plain number
+    assert tasks.get("math", lenient=True).reward("\\boxed{5/6}", ex)[0] == 1.0
     assert task.reward("\\boxed{0.8}", ex) == (0.0, {"answer": 0.0, "boxed": 1.0})
     assert task.reward("5/6", ex) == (0.0, {"answer": 0.0, "boxed": 0.0})
-    assert task.reward("\\boxed{\\frac{5}{6}}", ex, truncated=True)[0] == 0.0
-    assert not task.is_correct("\\boxed{\\frac{5}{6}}", ex, truncated=True)
+    assert task.reward("\\boxed{\\frac{5}{6}}", ex, truncated=True)[0] == 1.0  # the reference scores truncation
+    assert tasks.get("math", truncated_reward=0.0).reward("\\boxed{\\frac{5}{6}}", ex, truncated=True)[0] == 0.0
     assert task.reward("\\boxed{17}", {"problem": "p", "answer": "17", "solution": "\\boxed{3}"})[0] == 1.0
+    assert task.reward("\\boxed{3}", {"problem": "p", "solution": "so \\boxed{3}"})[0] == 1.0
     prompt = task.prompt(ex)
-    assert prompt[-1]["role"] == "user" and "\\boxed{}" in prompt[-1]["content"]
+    assert [m["role"] for m in prompt] == ["system", "user"] and prompt[-1]["content"] == ex["problem"]
     sys = tasks.get("math", system_prompt="Be brief.").prompt(ex)
     assert sys[0] == {"role": "system", "content": "Be brief."}
 
 
-# -- MCQ and BoolQ extraction -------------------------------------------------------------------------------
+# -- MCQ and BoolQ: the lenient extraction (option lenient=True) ---------------------------------------------
 @pytest.mark.parametrize("completion, letter", [
     ('{"answer": "C"}', "C"), ("answer: C", "C"), ("Answer: (C)", "C"), ("So the answer is C.", "C"),
     ("\\boxed{C}", "C"), ("\\boxed{\\text{C}}", "C"), ("\\boxed{c}", "C"), ("C", "C"), ("(C)", "C"), ("**C**", "C"),
@@ -333,7 +335,7 @@ def test_math_task():
     ("The answer choices are hard", None), ("", None), ("answer is a bit unclear", None),
 ])
 def test_mcq_extraction(completion, letter):
-    task = tasks.get("chemistry_mcq")
+    task = tasks.get("chemistry_mcq", lenient=True)
     ex = dict(task.split("train")[2], answerKey="C")
     reward, parts = task.reward(completion, ex)
     assert reward == float(letter == "C") and parts["extracted"] == float(letter is not None)
@@ -345,7 +347,7 @@ def test_mcq_extraction(completion, letter):
     ("Maybe", None), ("\\boxed{perhaps}", None), ("yes at first, then \\boxed{no}", False), ("", None),
 ])
 def test_boolq_extraction(completion, value):
-    task = tasks.get("boolq")
+    task = tasks.get("boolq", lenient=True, truncated_reward=0.0)
     for answer in (True, False):
         ex = dict(task.split("train")[0], answer=answer)
         assert task.reward(completion, ex)[0] == float(value is not None and value == answer)
@@ -353,17 +355,16 @@ def test_boolq_extraction(completion, value):
         0.0, {"answer": 0.0, "extracted": 0.0, "truncated": 1.0})
 
 
-def test_countdown_boxed():
-    task = tasks.get("countdown_boxed")
+def test_countdown_boxed_lenient():
+    task = tasks.get("countdown_boxed", lenient=True)
     ex = {"numbers": [3, 7, 2], "target": 17}
-    assert task.prompt(ex)[-1]["content"].startswith("Numbers: [3, 7, 2]\nTarget: 17\n")
+    assert task.prompt(ex)[-1]["content"] == "Numbers: [3, 7, 2]\nTarget: 17"
     for completion, ok in [("\\boxed{3 \\times 7 - 2 - 2}", False), ("\\boxed{3 \\times 7 - 2 * 2}", False),
                            ("\\boxed{(3 \\times 7) - 2}", False), ("\\boxed{7 \\cdot 2 + 3}", True),
                            ("\\boxed{7*2+3 = 17}", True), ("\\boxed{[7 \\times 2] + 3}", True), ("7*2+3", False),
                            ("\\boxed{7*2+3+0}", False), ("\\boxed{7**2}", False)]:
         assert task.reward(completion, ex)[0] == float(ok), completion
-    assert task.reward("\\boxed{7*2+3}", ex, truncated=True)[0] == 0.0
-    rows = task.split("train")
+    rows = tasks.get("countdown_boxed").split("train")
     assert rows and all("numbers" in r and "nums" in r for r in rows)  # the HF layout's "nums" is accepted
 
 
@@ -387,7 +388,7 @@ def test_conciseness():
 # -- interface, registry, loading errors ------------------------------------------------------------------
 GOLD = {
     "countdown_procedural": lambda ex: f"t</think>\n<answer>{ex['solution']}</answer>",
-    "countdown_boxed": None,
+    "countdown_boxed": None,  # the example rows carry no solution
     "math": lambda ex: "\\boxed{" + tasks.math_task.reference_answer(ex) + "}",
     "chemistry_mcq": lambda ex: f'{{"answer": "{ex["answerKey"]}"}}',
     "boolq": lambda ex: "\\boxed{" + ("yes" if ex["answer"] else "no") + "}",
@@ -419,7 +420,8 @@ def test_render_prompt(tmp_path):
     chat = tasks.get("boolq")
     ex = chat.split("test")[0]
     text = chat.render_prompt(ex, tok)
-    assert text.startswith("<|im_start|>user\nPassage: ") and text.endswith("<|im_start|>assistant\n")
+    assert text.startswith("<|im_start|>system\nYou are a reading assistant.") and "<|im_start|>user\nPassage: " in text
+    assert text.endswith("<|im_start|>assistant\n")
     with pytest.raises(ValueError, match="chat template"):
         chat.render_prompt(ex, None)
     raw = tasks.get("countdown_procedural", train_size=1, test_size=1)

@@ -18,7 +18,8 @@ from esjax.tasks.boxed import last_boxed, math_equal, normalize_math
 from esjax.tasks.io import FileTask, data_path, load_records
 
 # importing the task modules registers the built-in tasks
-from esjax.tasks import boolq, conciseness, countdown, math_task, mcq, procedural  # noqa: E402,F401  isort: skip
+from esjax.tasks import (boolq, conciseness, countdown, countdown_boxed,  # noqa: E402,F401  isort: skip
+                         math_task, mcq, procedural)
 from esjax.tasks.countdown import countdown_reward  # noqa: E402
 
 __all__ = [

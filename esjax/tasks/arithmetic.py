@@ -148,3 +148,109 @@ def safe_eval(expression: str, *, max_length: int = MAX_LENGTH, max_depth: int =
         return float(value) if parser.i == len(tokens) else None
     except (_Reject, ArithmeticError, RecursionError, MemoryError, TypeError, ValueError):
         return None
+
+
+# -- Python's own semantics, for rewards that must agree with a reference that called ``eval`` ---------------
+PY_CHARS = frozenset("0123456789+-*/() ")  # the alphabet the references let through to eval
+PY_MAX_LENGTH = 4096
+PY_MAX_NESTING = 200  # CPython's parser refuses deeper parentheses
+PY_MAX_BITS = 1 << 22  # bounds time and memory; such a power has no float value (the reference hung on 9**9**9)
+_PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "//": 2, "u+": 3, "u-": 3, "**": 4}
+
+
+def python_tokens(expression: str) -> list | None:
+    """Tokens of an expression over ``PY_CHARS`` as CPython reads them (``**`` and ``//`` are one token; an
+    integer with a leading zero such as ``07`` is a syntax error, ``00`` is 0), or ``None``."""
+    if not isinstance(expression, str) or len(expression) > PY_MAX_LENGTH or not PY_CHARS.issuperset(expression):
+        return None
+    tokens: list = []
+    i, n = 0, len(expression)
+    while i < n:
+        c = expression[i]
+        if c == " ":
+            i += 1
+        elif c in _DIGITS:
+            j = i
+            while j < n and expression[j] in _DIGITS:
+                j += 1
+            literal = expression[i:j]
+            if literal[0] == "0" and literal.strip("0"):
+                return None
+            tokens.append(int(literal))
+            i = j
+        elif c in "*/" and expression.startswith(c + c, i):
+            tokens.append(c + c)
+            i += 2
+        else:
+            tokens.append(c)
+            i += 1
+    return tokens
+
+
+def _apply(op: str, values: list) -> None:
+    b = values.pop()
+    if op == "u-":
+        values.append(-b)
+        return
+    if op == "u+":
+        values.append(+b)
+        return
+    a = values.pop()
+    if op == "**" and isinstance(a, int) and isinstance(b, int) and b > 0 and abs(a) > 1 \
+            and b * a.bit_length() > PY_MAX_BITS:
+        raise OverflowError
+    result = {"+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b, "/": lambda: a / b,
+              "//": lambda: a // b, "**": lambda: a ** b}[op]()
+    if isinstance(result, complex):  # (-8) ** (1/3): the reference's float() would have raised
+        raise TypeError
+    values.append(result)
+
+
+def python_value(expression: str) -> int | float | None:
+    """What ``eval(expression)`` returns for an expression over digits, ``+ - * / ( )`` and spaces (``**``, ``//``
+    and unary signs included, with Python's precedence and associativity), or ``None`` where eval would raise
+    or return a non-number (``()``, ``2(3)``). Never calls eval; linear in the length; an integer power of more
+    than ``PY_MAX_BITS`` bits gives ``None`` (its float() would overflow).
+    """
+    tokens = python_tokens(expression)
+    if not tokens:
+        return None
+    ops: list[str] = []
+    values: list = []
+    expect_operand, depth = True, 0
+    try:
+        for tok in tokens:
+            if isinstance(tok, int):
+                if not expect_operand:
+                    return None
+                values.append(tok)
+                expect_operand = False
+            elif tok == "(":
+                depth += 1
+                if not expect_operand or depth > PY_MAX_NESTING:
+                    return None
+                ops.append(tok)
+            elif tok == ")":
+                if expect_operand or depth == 0:
+                    return None
+                while ops[-1] != "(":
+                    _apply(ops.pop(), values)
+                ops.pop()
+                depth -= 1
+            elif expect_operand:
+                if tok not in "+-":
+                    return None
+                ops.append("u" + tok)
+            else:
+                prec = _PREC[tok]
+                while ops and ops[-1] != "(" and (_PREC[ops[-1]] > prec or (_PREC[ops[-1]] == prec and tok != "**")):
+                    _apply(ops.pop(), values)
+                ops.append(tok)
+                expect_operand = True
+        if expect_operand or depth:
+            return None
+        while ops:
+            _apply(ops.pop(), values)
+    except (ArithmeticError, TypeError, ValueError, MemoryError):
+        return None
+    return values[0] if len(values) == 1 else None

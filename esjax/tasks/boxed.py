@@ -119,6 +119,7 @@ _NUMBER = re.compile(_NUM)
 _FRAC = re.compile(r"(-?)\\frac\{(" + _NUM + r")\}\{(" + _NUM + r")\}")
 _SLASH = re.compile(r"(-?)([0-9]+)/([0-9]+)")
 _THOUSANDS = re.compile(r"-?[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]+)?")
+_VARIABLE = re.compile(r"[A-Za-z]")
 _BRACES = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox)\{|[{}]")
 
 
@@ -171,11 +172,12 @@ def _fix_sqrt(s: str) -> str:
     return out
 
 
-def normalize_math(answer: str) -> str:
+def normalize_math(answer: str, drop_variable: bool = True) -> str:
     """Canonical string form of a MATH answer (Hendrycks et al.'s rules, plus units, ``\\text`` and ``.0``).
 
     Removes spaces, ``\\left``/``\\right``, ``\\!`` and other spacing, degrees (``^\\circ``), dollars, percent
-    signs, ``\\text{...}`` wrappers, trailing unit words (``5 cm``), thousands separators and a lone ``x =``;
+    signs, ``\\text{...}`` wrappers, trailing unit words (``5 cm``), thousands separators and, with
+    ``drop_variable``, the ``x =`` of an equation whose left side is one letter;
     ``\\dfrac``/``\\tfrac`` -> ``\\frac``; ``\\frac12`` -> ``\\frac{1}{2}``; ``a/b`` -> ``\\frac{a}{b}``;
     ``5.0`` -> ``5``; ``.5`` -> ``0.5``.
     """
@@ -195,7 +197,7 @@ def normalize_math(answer: str) -> str:
         s = words[0].strip()
         words = s.rsplit(None, 1)
     s = s.replace(" .", " 0.").replace("{.", "{0.")
-    if s.count("=") == 1 and len(s.split("=")[0].strip()) <= 2:
+    if drop_variable and s.count("=") == 1 and _VARIABLE.fullmatch(s.split("=")[0].strip()):
         s = s.split("=")[1]
     s = _fix_sqrt(s.replace(" ", ""))
     s = _fix_fracs(s)
@@ -231,10 +233,14 @@ def math_number(normalized: str) -> float | None:
 
 
 def math_equal(prediction: str | None, reference: str | None) -> bool:
-    """Whether two MATH answers are equivalent: equal after ``normalize_math``, or numerically equal."""
+    """Whether two MATH answers are equivalent: equal after ``normalize_math``, or numerically equal.
+
+    ``x = 5`` equals ``5``; two equations are compared whole, so ``x = 5`` never equals ``y = 5``.
+    """
     if prediction is None or reference is None:
         return False
-    a, b = normalize_math(prediction), normalize_math(reference)
+    drop = ("=" in prediction) != ("=" in reference)
+    a, b = normalize_math(prediction, drop), normalize_math(reference, drop)
     if not a or not b:
         return False
     if a == b:

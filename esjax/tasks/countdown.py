@@ -19,8 +19,7 @@ Two formats:
   (The reference's training script scored the decoded prompt + completion, so the prompt's own
   "<think> </think>" and "<answer> </answer>" gave every completion format >= 0.6; esjax scores the completion.)
 
-- ``countdown_boxed`` (Hoy et al.): chat prompt "Numbers: [..]\\nTarget: T" asking for the expression in
-  ``\\boxed{}``; binary reward on the last ``\\boxed{}``; truncated completions score 0.
+(``countdown_boxed``, the ES-vs-GRPO paper's format, is in ``countdown_boxed.py``.)
 """
 
 from __future__ import annotations
@@ -31,8 +30,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from esjax.tasks.arithmetic import MAX_LENGTH, number_literals, safe_eval
-from esjax.tasks.base import Example, Messages, TaskDataError, register
-from esjax.tasks.boxed import last_boxed
+from esjax.tasks.base import Example, TaskDataError, register
 from esjax.tasks.io import FileTask, data_path
 
 PAPER_PROMPT = (
@@ -253,43 +251,3 @@ class CountdownTask(FileTask):
     @property
     def part_names(self) -> tuple[str, ...]:
         return ("format", "answer", "closeness") if self.partial_credit else ("format", "answer")
-
-
-_BOXED_INSTRUCTION = ("Using each number exactly once and only + - * / and parentheses, write an expression "
-                      "that equals the target. Put the final expression in \\boxed{}.")
-_LATEX_OPS = (("\\times", "*"), ("\\cdot", "*"), ("\\div", "/"), ("×", "*"), ("÷", "/"), ("\\left", ""),
-              ("\\right", ""), ("[", "("), ("]", ")"), ("{", "("), ("}", ")"))
-
-
-def boxed_expression(completion: str) -> str | None:
-    """The expression in the last ``\\boxed{}``, with LaTeX operators mapped and a trailing ``= T`` dropped."""
-    content = last_boxed(completion)
-    if content is None or len(content) > 4 * MAX_LENGTH:
-        return None
-    for old, new in _LATEX_OPS:
-        content = content.replace(old, new)
-    return content.split("=", 1)[0]
-
-
-@register("countdown_boxed")
-class CountdownBoxedTask(FileTask):
-    """Countdown as in Hoy et al.: chat prompt, answer in ``\\boxed{}``, binary reward (``parts["boxed"]``: a
-    boxed answer was found). Rows hold ``numbers`` (or ``nums``) and ``target``; data options as ``FileTask``.
-    """
-
-    name = "countdown_boxed"
-    part_names = ("answer", "boxed")
-    chat = True
-    validate_row = staticmethod(validate_countdown_row)
-
-    def prompt(self, example: Example) -> Messages:
-        target = target_value(example["target"])
-        shown = int(target) if target is not None and target.is_integer() else example["target"]
-        return self.messages(f"Numbers: {list(example['numbers'])}\nTarget: {shown}\n\n{_BOXED_INSTRUCTION}")
-
-    def score(self, completion: str, example: Example) -> tuple[float, dict[str, float]]:
-        expression = boxed_expression(completion)
-        if expression is None:
-            return 0.0, {"answer": 0.0, "boxed": 0.0}
-        ok = expression_matches(expression, example["numbers"], target_value(example["target"]))
-        return float(ok), {"answer": float(ok), "boxed": 1.0}

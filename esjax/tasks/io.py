@@ -90,6 +90,15 @@ def load_records(path: str | Path, validate: Validator | None = None) -> list[Ex
     return rows
 
 
+def prepared_files(task: str, data_dir: str | Path) -> tuple[Path, Path]:
+    """``(train, test)`` files of ``task`` in ``data_dir`` (as ``esjax data prepare`` names them); both must exist."""
+    files = tuple(Path(data_dir).expanduser() / f"{task}_{split}.jsonl" for split in ("train", "test"))
+    for file in files:
+        if not file.is_file():
+            raise TaskDataError(f"{file}: file not found (write it with: esjax data prepare {task} --out {data_dir})")
+    return files
+
+
 def example_files(prefix: str, splits: tuple[str, ...] = ("train", "test")) -> dict[str, Path]:
     """The shipped example files ``{split: data/<prefix>_<split>.jsonl}``."""
     return {s: data_path(f"{prefix}_{s}.jsonl") for s in splits}
@@ -148,6 +157,8 @@ class FileTask(Task):
 
     Options: ``path`` (one file: train = first ``train_size`` rows, test = last ``test_size`` rows or the rest),
     ``train_path``/``test_path`` (a file per split, capped to the first ``train_size``/``test_size`` rows),
+    ``data_dir`` (a directory holding ``<task>_train.jsonl`` and ``<task>_test.jsonl``, the files that
+    ``esjax data prepare <task> --out DIR`` writes; capped like per-split files),
     ``splits`` ({name: rows}, in-memory data, validated like file rows), ``system_prompt`` (chat tasks),
     ``truncated_reward`` (reward of a completion that hit the token limit; ``None``: score it normally).
     With no data option, ``default_data()`` decides (the shipped example files by default).
@@ -156,8 +167,10 @@ class FileTask(Task):
     def __init__(self, path: str | Path | None = None, *, train_path: str | Path | None = None,
                  test_path: str | Path | None = None, train_size: int | None = 200, test_size: int | None = None,
                  splits: Mapping[str, list[Example]] | None = None, system_prompt: str | None = None,
-                 truncated_reward: float | None = 0.0):
+                 truncated_reward: float | None = 0.0, data_dir: str | Path | None = None):
         self.system_prompt, self.truncated_reward = system_prompt, truncated_reward
+        if data_dir is not None:
+            train_path, test_path = prepared_files(self.name, data_dir)
         if splits is not None:
             rows = {split: [_check(r, f"split {split!r}, row {i}", self.validate_row) for i, r in enumerate(examples)]
                     for split, examples in splits.items()}

@@ -1,19 +1,24 @@
-"""MATH (Hendrycks et al.) as in Hoy et al.: chat prompt, answer in the last ``\\boxed{}``, binary reward.
+"""MATH (Hendrycks et al.) as the ES-vs-GRPO paper (Hoy et al.) ran it: chat prompt, binary reward.
 
-Rows use the MATH layout: ``problem``, ``solution`` (the reference answer is its last ``\\boxed{}``), optional
-``level``/``type``; an ``answer`` field (MATH-500 layout) takes precedence over the solution's box.
-Correct = ``math_equal`` (normalised string match or numeric equality, see ``boxed.normalize_math``).
+Prompt: the reference's system turn, then the problem text as the user turn. Rows use the layout of
+``nlile/hendrycks-MATH-benchmark`` (``problem``, ``solution``, ``answer``, ``subject``, ``level``); the gold
+answer is ``answer``, else the last ``\\boxed{}`` of ``solution``. Reward: the last braced ``\\boxed{}`` compared
+as :mod:`esjax.tasks.math_answers` describes (the reference's rules without its false positives); truncated
+completions are scored like any other.
+
+``lenient=True``: esjax's broader reading: ``\\fbox``, unbraced ``\\boxed 5``, units and thousands separators
+(``boxed.math_equal``); an equation still never equals an answer in another variable or with another sign.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from esjax.tasks.base import Example, Messages, register
+from esjax.tasks.base import Example, register
 from esjax.tasks.boxed import last_boxed, math_equal
-from esjax.tasks.io import FileTask, require_str
-
-INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+from esjax.tasks.esvsgrpo import ReferenceChatTask
+from esjax.tasks.io import require_str
+from esjax.tasks.math_answers import answers_equal, braced_boxed
 
 
 def reference_answer(example: Example) -> str | None:
@@ -26,12 +31,11 @@ def reference_answer(example: Example) -> str | None:
 
 
 @register("math")
-class MathTask(FileTask):
-    """MATH with boxed answers; data options as ``FileTask`` (default: the shipped example files)."""
+class MathTask(ReferenceChatTask):
+    """MATH (module docstring); data options as ``FileTask``. ``parts["boxed"]``: a boxed answer was found."""
 
     name = "math"
     part_names = ("answer", "boxed")
-    chat = True
 
     @staticmethod
     def validate_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -40,10 +44,15 @@ class MathTask(FileTask):
             raise ValueError("needs an 'answer' field or a 'solution' with a \\boxed{} answer")
         return row
 
-    def prompt(self, example: Example) -> Messages:
-        return self.messages(f"{example['problem']}\n\n{INSTRUCTION}")
+    def user_turn(self, example: Example) -> str:
+        return example["problem"]
 
-    def score(self, completion: str, example: Example) -> tuple[float, dict[str, float]]:
-        predicted = last_boxed(completion)
-        ok = math_equal(predicted, reference_answer(example))
+    def score_text(self, completion: str, example: Example) -> tuple[float, dict[str, float]]:
+        gold = reference_answer(example)
+        if self.lenient:
+            predicted = last_boxed(completion)
+            ok = math_equal(predicted, gold)
+        else:
+            predicted = braced_boxed(completion)
+            ok = bool(predicted) and gold is not None and answers_equal(predicted, gold)
         return float(ok), {"answer": float(ok), "boxed": float(predicted is not None)}

@@ -1,25 +1,47 @@
-"""Multiple-choice questions (SciKnowEval chemistry layout) as in Hoy et al.: chat prompt, binary reward.
+"""SciKnowEval chemistry multiple choice as the ES-vs-GRPO paper (Hoy et al.) ran it: chat prompt, binary reward.
 
-Rows: ``question``, ``choices`` = {"text": [...], "label": ["A", "B", "C", "D"]}, ``answerKey``.
-The predicted letter is the first that ``boxed.answer_candidates`` yields: the last ``\\boxed{C}``, then
-``"answer": "C"`` / ``answer: C`` / ``The answer is (C)``, then a lone letter on the last line. Letters must be
-one of the row's labels (upper case, except inside ``\\boxed{}`` or on a lone line).
+Rows: the layout of ``hicai-zju/SciKnowEval`` (``question``, ``choices`` = {"text": [...], "label": [...]},
+``answerKey``, ``domain``, ``type``, ``details``). Prompt: the reference's system turn (answer as JSON), then
+``"Question: {question}\\n\\nA) ...\\nB) ...\\n\\nPlease show your choice in the answer field with only the choice
+letter, e.g., \\"answer\\": \\"C\\"."``. Reward, the reference's rule, each step case-insensitive and taking the
+last match: a letter A-D after ``"answer":`` (optionally quoted, and not checked for a word boundary, so
+``"answer": "Because"`` reads B); else after an unquoted ``answer:`` as a whole word; else the last standalone
+letter A-D anywhere (``a`` as an article counts). Truncated completions are scored like any other.
+
+``lenient=True``: esjax's broader reading (``boxed.answer_candidates``): the last ``\\boxed{C}``, then
+``"answer": "C"`` / ``answer: C`` / ``The answer is (C)``, then a lone letter on the last line, never a letter
+inside prose; letters are the row's labels.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from esjax.tasks.base import Example, Messages, register
+from esjax.tasks.base import Example, register
 from esjax.tasks.boxed import extract_final, leading_token
-from esjax.tasks.io import FileTask, require_str
+from esjax.tasks.esvsgrpo import ReferenceChatTask
+from esjax.tasks.io import require_str
 
-INSTRUCTION = ("Think step by step, then give the letter of the correct option as your final answer "
-               "within \\boxed{}.")
+REQUEST = 'Please show your choice in the answer field with only the choice letter, e.g., "answer": "C".'
+_JSON_ANSWER = re.compile(r'"answer"\s*:\s*"?([A-Da-d])"?', re.IGNORECASE)  # the closing quote is consumed
+_PLAIN_ANSWER = re.compile(r"answer\s*:\s*([A-Da-d])\b", re.IGNORECASE)
+_LONE_LETTER = re.compile(r"\b([A-Da-d])\b")
+
+
+def reference_letter(completion: str) -> str | None:
+    """The option letter the reference reads from a completion (module docstring), upper case, or None."""
+    for pattern in (_JSON_ANSWER, _PLAIN_ANSWER, _LONE_LETTER):
+        last = None
+        for last in pattern.finditer(completion):
+            pass
+        if last is not None:
+            return last[1].upper()
+    return None
 
 
 def parse_letter(snippet: str, labels: list[str], strict: bool) -> str | None:
-    """The option label a snippet names, or None."""
+    """``lenient=True``: the option label a snippet names, or None."""
     token = leading_token(snippet, strict)
     if token in labels:
         return token
@@ -29,13 +51,12 @@ def parse_letter(snippet: str, labels: list[str], strict: bool) -> str | None:
 
 
 @register("chemistry_mcq")
-class MCQTask(FileTask):
-    """4-choice MCQ; data options as ``FileTask`` (default: the shipped chemistry example files).
-    ``parts["extracted"]``: whether any option letter was found."""
+class MCQTask(ReferenceChatTask):
+    """Chemistry MCQ (module docstring); data options as ``FileTask``. ``parts["extracted"]``: an option letter
+    was found."""
 
     name = "chemistry_mcq"
     part_names = ("answer", "extracted")
-    chat = True
 
     @staticmethod
     def validate_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -51,13 +72,15 @@ class MCQTask(FileTask):
             raise ValueError(f"'answerKey' {row.get('answerKey')!r:.20} is not one of the labels {label}")
         return row
 
-    def prompt(self, example: Example) -> Messages:
+    def user_turn(self, example: Example) -> str:
         choices = example["choices"]
-        options = "\n".join(f"{label}. {text}" for label, text in zip(choices["label"], choices["text"]))
-        return self.messages(f"{example['question']}\n\n{options}\n\n{INSTRUCTION}")
+        options = "".join(f"{label}) {text}\n" for label, text in zip(choices["label"], choices["text"]))
+        return f"Question: {example['question']}\n\n{options.strip()}\n\n{REQUEST}"
 
-    def score(self, completion: str, example: Example) -> tuple[float, dict[str, float]]:
-        labels = example["choices"]["label"]
-        letter = extract_final(completion, lambda s, strict: parse_letter(s, labels, strict))
-        ok = letter == example["answerKey"]
+    def score_text(self, completion: str, example: Example) -> tuple[float, dict[str, float]]:
+        if self.lenient:
+            letter = extract_final(completion, lambda s, strict: parse_letter(s, example["choices"]["label"], strict))
+        else:
+            letter = reference_letter(completion)
+        ok = letter is not None and letter == example["answerKey"].upper()
         return float(ok), {"answer": float(ok), "extracted": float(letter is not None)}
