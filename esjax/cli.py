@@ -235,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from esjax.analysis.cli import add_parser as add_analyze_parser
     add_analyze_parser(sub)
+    from esjax.tasks.prepare import add_parser as add_data_parser
+    add_data_parser(sub)
 
     p = sub.add_parser("demo", help="ES fine-tuning of the embedded tiny model on Countdown (CPU, minutes)")
     p.add_argument("--out", default=None, metavar="DIR", help="run directory (default runs/demo-<time>)")

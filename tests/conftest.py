@@ -17,6 +17,15 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
+def countdown_paper_file():
+    """The ES paper's countdown.json (2,200 rows) where this machine has it beside the repo; else the test skips."""
+    path = SHARED_DATA / "countdown_paper.json"
+    if not path.is_file():
+        pytest.skip(f"the ES paper's countdown.json is not at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dirs(tmp_path_factory):
     """{family: path} of tiny random fp32 HF models (qwen2, llama, qwen3) with a byte-level tokenizer."""
     from esjax.testing import TINY_FAMILIES, make_tiny_hf_model

@@ -5,7 +5,6 @@ import json
 import math
 import re
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -18,7 +17,6 @@ from esjax.tasks.boxed import last_boxed, math_equal, normalize_math
 from esjax.tasks.countdown import format_score, last_answer_block, paper_prompt
 from esjax.tasks.procedural import problem_key
 
-PAPER_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "countdown_paper.json"
 N3, T3 = [44, 19, 35], "98"
 
 
@@ -532,10 +530,9 @@ def test_countdown_needs_a_file(tmp_path, monkeypatch):
 
 # -- the paper's file (skipped when absent) -----------------------------------------------------------------
 @pytest.fixture(scope="module")
-def paper():
-    if not PAPER_FILE.is_file():
-        pytest.skip(f"paper data not found at {PAPER_FILE}")
-    return tasks.get("countdown", path=PAPER_FILE), tasks.get("countdown", path=PAPER_FILE, paper_compat=True)
+def paper(countdown_paper_file):
+    return (tasks.get("countdown", path=countdown_paper_file),
+            tasks.get("countdown", path=countdown_paper_file, paper_compat=True))
 
 
 def test_paper_file(paper):

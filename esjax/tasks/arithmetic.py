@@ -20,6 +20,8 @@ digit limit is a failure too).
 
 from __future__ import annotations
 
+import re
+
 MAX_LENGTH = 256
 MAX_DEPTH = 32
 MAX_ABS = 1e12
@@ -155,7 +157,14 @@ PY_CHARS = frozenset("0123456789+-*/() ")  # the alphabet the references let thr
 PY_MAX_LENGTH = 4096
 PY_MAX_NESTING = 200  # CPython's parser refuses deeper parentheses
 PY_MAX_BITS = 1 << 22  # bounds time and memory; such a power has no float value (the reference hung on 9**9**9)
+_DIGIT_RUN = re.compile(r"[0-9]+")
 _PREC = {"+": 1, "-": 1, "*": 2, "/": 2, "//": 2, "u+": 3, "u-": 3, "**": 4}
+
+
+def digit_runs(text: str) -> list[int] | None:
+    """The integers of the digit runs in ``text`` (``re.findall(r"[0-9]+")``); None if one has over 20 digits."""
+    runs = _DIGIT_RUN.findall(text)
+    return None if any(len(r) > 20 for r in runs) else [int(r) for r in runs]
 
 
 def python_tokens(expression: str) -> list | None:

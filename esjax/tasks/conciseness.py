@@ -1,7 +1,8 @@
 """Conciseness (the ES paper): reward = -|len(completion) - len(target)| in characters.
 
-Raw-text prompts (no chat template), as in the paper (whose script measured the decoded prompt + completion;
-esjax measures the completion). Train: the paper's two prompts ("Solve: 3 + 5 =" -> "8",
+Raw-text prompts (no chat template), as in the paper. The paper's script measured the decoded prompt +
+completion; esjax measures the completion, or, with ``paper_script=True``, ``len(prompt + completion)`` as the
+script did (to reproduce its numbers exactly). Train: the paper's two prompts ("Solve: 3 + 5 =" -> "8",
 "If all birds can fly and penguins are birds, can penguins fly?" -> "No"); test: 20 short factual prompts
 with short targets written for esjax. Rows: ``prompt``, ``target``.
 
@@ -24,16 +25,20 @@ from esjax.tasks.io import FileTask, require_str
 
 @register("conciseness")
 class ConcisenessTask(FileTask):
-    """Options: ``scale`` (10), ``threshold`` (1.0), and the data options of ``FileTask``."""
+    """Options: ``scale`` (10), ``threshold`` (1.0), ``paper_script`` (False: measure the completion; True: the
+    prompt + completion, as the paper's script did), and the data options of ``FileTask``."""
 
     name = "conciseness"
     reward_range = (-math.inf, 0.0)
     part_names = ("answer", "length_diff", "normalized")
 
     def __init__(self, path: str | Path | None = None, *, scale: float = 10.0, threshold: float = 1.0,
-                 truncated_reward: float | None = None, **options: Any):
+                 truncated_reward: float | None = None, paper_script: bool = False, **options: Any):
         if not scale > 0 or not 0.0 <= threshold <= 1.0:
             raise ValueError(f"need scale > 0 and 0 <= threshold <= 1, got {scale!r}, {threshold!r}")
+        if not isinstance(paper_script, bool):
+            raise ValueError(f"paper_script must be true or false, got {paper_script!r}")
+        self.paper_script = paper_script
         self.scale, self.threshold = float(scale), float(threshold)
         super().__init__(path, truncated_reward=truncated_reward, **options)
 
@@ -48,7 +53,8 @@ class ConcisenessTask(FileTask):
 
     def score(self, completion: str, example: Example) -> tuple[float, dict[str, float]]:
         target = example["target"]
-        diff = abs(len(completion) - len(target))
+        scored = example["prompt"] + completion if self.paper_script else completion
+        diff = abs(len(scored) - len(target))
         normalized = max(0.0, 1.0 - diff / max(len(target), self.scale))
         correct = float(normalized >= self.threshold)
         return -float(diff), {"answer": correct, "length_diff": float(diff), "normalized": normalized}

@@ -16,8 +16,9 @@ Two formats:
   only when ``target.isdigit()``, so the 58 non-integer or negative test targets could never score.
   Deliberate differences from the reference's ``eval``: ``**`` and ``//`` are rejected, and answers longer
   than 256 characters score 0. All scans are ``str.find``-based: linear time, no regex backtracking.
-  (The reference's training script scored the decoded prompt + completion, so the prompt's own
-  "<think> </think>" and "<answer> </answer>" gave every completion format >= 0.6; esjax scores the completion.)
+  The paper's training script scored the decoded prompt + completion, so the prompt's own "<think> </think>"
+  and "<answer> </answer>" gave every completion format >= 0.6; esjax scores the completion. ``paper_script=True``
+  scores as that script did instead (:func:`script_reward`), to reproduce its numbers exactly.
 
 (``countdown_boxed``, the ES-vs-GRPO paper's format, is in ``countdown_boxed.py``.)
 """
@@ -29,7 +30,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from esjax.tasks.arithmetic import MAX_LENGTH, number_literals, safe_eval
+from esjax.tasks.arithmetic import MAX_LENGTH, PY_CHARS, digit_runs, number_literals, python_value, safe_eval
 from esjax.tasks.base import Example, TaskDataError, register
 from esjax.tasks.io import FileTask, data_path
 
@@ -171,6 +172,42 @@ def countdown_reward(completion: str, numbers: Sequence[int], target: Any, *, pa
                                                                           "closeness": close}
 
 
+def prompt_numbers(prompt: str) -> list[int]:
+    """The numbers as the paper's script read them: the digit-only words between the prompt's first ``[`` and
+    its first ``]`` (``[44 19 35]`` -> [44, 19, 35])."""
+    start, end = prompt.find("["), prompt.find("]")
+    if start < 0 or end < 0:
+        return []
+    return [int(w) for w in prompt[start + 1:end].split() if w.isascii() and w.isdigit() and len(w) < 20]
+
+
+def script_reward(prompt: str, completion: str, target: Any,
+                  end_token: str | None = None) -> tuple[float, dict[str, float]]:
+    """``(0.1 * format + answer, parts)`` as the paper's training script computed it.
+
+    The text is the decoded prompt + completion, from after its last ``assistant:`` (stripped) if it has one;
+    format as :func:`format_score` of that text; answer 1.0 if the last ``<answer>`` block (one trailing newline
+    allowed) holds only digits, ``+ - * / ( )`` and spaces, its numbers are :func:`prompt_numbers`, and its value
+    with Python's arithmetic (``**``, ``//``; :func:`esjax.tasks.arithmetic.python_value`, never ``eval``) is
+    within 1e-5 of a digit-only target.
+    """
+    text = prompt + completion
+    if "assistant:" in text:
+        text = text.split("assistant:")[-1].strip()
+    fmt = format_score(text, end_token)
+    content = last_answer_block(text) or ""
+    body = content[:-1] if content.endswith("\n") else content
+    ans = 0.0
+    runs = digit_runs(body)
+    if body and PY_CHARS.issuperset(body) and runs is not None and sorted(runs) == sorted(prompt_numbers(prompt)):
+        value, goal = python_value(body), target_value(target, paper_compat=True)
+        try:
+            ans = _hit(None if value is None else float(value), goal)
+        except OverflowError:
+            ans = 0.0
+    return 0.1 * fmt + ans, {"format": fmt, "answer": ans}
+
+
 def _hit(value: float | None, target: float | None) -> float:
     """1.0 if both are known and within 1e-5, else 0.0."""
     return 1.0 if value is not None and target is not None and abs(value - target) < 1e-5 else 0.0
@@ -215,17 +252,23 @@ class CountdownTask(FileTask):
     paper's file (see ``find_paper_file``), train = its first 200 rows, test = its last 2000. Also
     ``paper_compat``; ``end_token`` (stripped from the end before the format check, as the reference did);
     ``truncated_reward`` defaults to ``None`` (truncation is ignored, as in the paper); ``partial_credit`` w in
-    [0, 1) adds ``w * closeness`` to a wrong answer's reward (:func:`countdown_reward`; 0: the paper's reward).
+    [0, 1) adds ``w * closeness`` to a wrong answer's reward (:func:`countdown_reward`; 0: the paper's reward);
+    ``paper_script`` scores as the paper's training script did (:func:`script_reward`; not with partial credit).
     """
 
     name = "countdown"
     reward_range = (0.0, 1.1)
+    paper_script = False
 
     def __init__(self, path: str | Path | None = None, *, train_size: int | None = 200,
                  test_size: int | None = 2000, paper_compat: bool = False, end_token: str | None = None,
-                 truncated_reward: float | None = None, partial_credit: float = 0.0, **options: Any):
+                 truncated_reward: float | None = None, partial_credit: float = 0.0, paper_script: bool = False,
+                 **options: Any):
         self.paper_compat, self.end_token = paper_compat, end_token
         self.partial_credit = check_partial_credit(partial_credit)
+        if not isinstance(paper_script, bool) or (paper_script and self.partial_credit):
+            raise TaskDataError(f"paper_script must be true or false, without partial_credit, got {paper_script!r}")
+        self.paper_script = paper_script
         super().__init__(path, train_size=train_size, test_size=test_size, truncated_reward=truncated_reward,
                          **options)
 
@@ -245,6 +288,8 @@ class CountdownTask(FileTask):
         return context if isinstance(context, str) else paper_prompt(example["numbers"], example["target"])
 
     def score(self, completion: str, example: Example) -> tuple[float, dict[str, float]]:
+        if self.paper_script:
+            return script_reward(self.prompt(example), completion, example["target"], self.end_token)
         return countdown_reward(completion, example["numbers"], example["target"], paper_compat=self.paper_compat,
                                 end_token=self.end_token, partial_credit=self.partial_credit)
 

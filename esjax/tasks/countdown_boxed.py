@@ -14,16 +14,14 @@ unbraced ``\\boxed 5``, LaTeX operators (``\\times \\cdot \\div``, brackets) map
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from esjax.tasks.arithmetic import MAX_LENGTH, PY_CHARS, python_value
+from esjax.tasks.arithmetic import MAX_LENGTH, PY_CHARS, digit_runs, python_value
 from esjax.tasks.base import Example, register
 from esjax.tasks.boxed import last_boxed
 from esjax.tasks.countdown import expression_matches, target_value, validate_countdown_row
 from esjax.tasks.esvsgrpo import ReferenceChatTask, flat_boxed
 
-_DIGIT_RUN = re.compile(r"[0-9]+")
 _LATEX_OPS = (("\\times", "*"), ("\\cdot", "*"), ("\\div", "/"), ("×", "*"), ("÷", "/"), ("\\left", ""),
               ("\\right", ""), ("[", "("), ("]", ")"), ("{", "("), ("}", ")"))
 
@@ -43,8 +41,8 @@ def reference_correct(content: str, numbers: list[int], target: Any) -> bool:
     expression = content.strip()
     if not expression or not PY_CHARS.issuperset(expression):
         return False
-    runs = _DIGIT_RUN.findall(expression)
-    if len(runs) != len(numbers) or any(len(r) > 20 for r in runs) or sorted(map(int, runs)) != sorted(numbers):
+    runs = digit_runs(expression)
+    if runs is None or sorted(runs) != sorted(numbers):
         return False
     value, goal = python_value(expression), target_value(target)
     try:
