@@ -87,6 +87,8 @@ def test_boolq_train_and_validation(tmp_path):
 
 def test_chemistry_filter_and_seeded_shuffle(tmp_path):
     rows = chemistry_rows(3000)
+    for i in range(0, 3000, 5):  # the other types have other layouts (no choices): filtered out, never checked
+        del rows[i]["choices"], rows[i]["answerKey"]
     prepare("chemistry_mcq", tmp_path, [str(write_jsonl(tmp_path / "test.jsonl", rows))])
     train, test = read_jsonl(tmp_path / "chemistry_mcq_train.jsonl"), read_jsonl(tmp_path / "chemistry_mcq_test.jsonl")
     kept = [r for r in rows if r["domain"] == "Chemistry" and r["type"] == "mcq-4-choices"]
@@ -163,10 +165,10 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, monkeypatch
     _fails(capsys, [*base, "math", "--out", str(out), "--from", f"dev={good}", "--from", f"test={good}"], "'dev'", out)
     _fails(capsys, [*base, "boolq", "--out", str(out), "--from", f"train={tmp_path / 'no.jsonl'}",
                     "--from", f"validation={good}"], "no.jsonl", out)
-    bad = chemistry_rows(8)
-    bad[6]["answerKey"] = "E"
-    _fails(capsys, [*base, "chemistry_mcq", "--out", str(out), "--from", str(write_jsonl(tmp_path / "c.jsonl", bad))],
-           "c.jsonl, row 6", out)
+    bad = boolq_rows(8, "b")
+    bad[6]["answer"] = "yes"
+    _fails(capsys, [*base, "boolq", "--out", str(out), "--from", f"train={write_jsonl(tmp_path / 'c.jsonl', bad)}",
+                    "--from", f"validation={tmp_path / 'c.jsonl'}"], "c.jsonl: train, row 6", out)
     _fails(capsys, [*base, "chemistry_mcq", "--out", str(out), "--from",
                     str(write_jsonl(tmp_path / "d.jsonl", chemistry_rows(4)[:1]))], "empty", out)
     _fails(capsys, [*base, "countdown", "--out", str(out)], "--from countdown.json", out)

@@ -179,13 +179,16 @@ def prepare(task: str, out: str | Path, sources: list[str] | None = None, train_
     _check_targets(targets, overwrite)
     limit = source.rows_needed(n, m)
     if files:
-        rows = {s: checked(task, read_file(f)[:limit], str(f)) for s, f in files.items()}
+        rows = {s: read_file(f)[:limit] for s, f in files.items()}
+        where = ", ".join(str(f) for f in files.values())
     else:
-        rows = {s: checked(task, read_hub(task, source, s, limit), f"{source.hub[0]} ({s})") for s in source.splits}
+        rows = {s: read_hub(task, source, s, limit) for s in source.splits}
+        where = source.hub[0]
     train, test = source.cut(rows, n, m)
-    for split, part in (("train", train), ("test", test)):
+    for split, part in (("train", train), ("test", test)):  # only the selected rows need the task's fields
         if not part:
-            raise TaskDataError(f"{task}: the source rows leave the {split} split empty")
+            raise TaskDataError(f"{task}: the rows of {where} leave the {split} split empty")
+        checked(task, part, f"{where}: {split}")
     for path, part in zip(targets, (train, test)):
         _write_jsonl(path, part)
     return targets
