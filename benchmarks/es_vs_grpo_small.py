@@ -59,8 +59,8 @@ def budgets(args) -> dict[str, dict]:
     """Overrides of the two tiny configs with matched numbers of generated completions."""
     es = load_settings(ROOT / "configs" / "tiny_es_full.yaml")
     grpo = load_settings(ROOT / "configs" / "tiny_grpo.yaml")
-    es_samples = args.es_iterations * es.es["population_size"] * args.es_prompts
-    group = grpo.grpo["num_generations"]
+    es_samples = args.es_iterations * es.es.population_size * args.es_prompts
+    group = grpo.grpo.num_generations
     steps = max(1, round(es_samples / (args.grpo_prompts * group)))
     common = ["train.eval_every=0", "train.checkpoint_every=20", "task.eval_limit=500"]
     es_run = lambda factor: {"config": "configs/tiny_es_full.yaml", "samples": factor * es_samples,  # noqa: E731

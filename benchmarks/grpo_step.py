@@ -30,7 +30,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.common import SHAPE_NAMES, device_info, model_config, peak_memory_bytes, write_result  # noqa: E402
-from esjax.grpo import (GRPOConfig, completion_logps, data_mesh, grpo_step, init_state, make_trainer,  # noqa: E402
+from esjax.grpo import (GRPOConfig, completion_logps, data_mesh, grpo_init, grpo_step, make_runner,  # noqa: E402
                         token_logps)
 from esjax.models import init_params  # noqa: E402
 from esjax.sampling import SamplingConfig  # noqa: E402
@@ -83,21 +83,23 @@ print("TRL_RESULT " + json.dumps({"trl": trl.__version__, "torch": torch.__versi
 def esjax_steps(config, model, params, sampling, prompts, mask, steps, devices=None):
     """Per-step seconds of ``grpo_step`` and of its rollout / train parts (first step: compilation), on a data mesh
     of ``devices`` (default: all)."""
-    trainer = make_trainer(config, model, sampling, data_mesh(devices))
-    state = init_state(config, params)
+    runner = make_runner(config, model, sampling, data_mesh(devices))
+    state = grpo_init(runner, params, jax.random.key(0))
     marks = {}
 
-    def score(tokens, lengths, finished):
+    def score(tokens, lengths, finished, prompt):
         marks["scored"] = time.perf_counter()
-        return (tokens[:, 0] % 2 == 0).astype(np.float32)
+        even = tokens[:, 0] % 2 == 0
+        return even.astype(np.float32), even
 
     rows = []
-    for step in range(steps):
+    for _ in range(steps):
         start = time.perf_counter()
-        state, metrics = grpo_step(trainer, state, prompts, mask, jax.random.key(step), score)
+        state, result = grpo_step(runner, state, prompts, mask, score)
+        metrics = result.record()
         end = time.perf_counter()
         rows.append({"step_s": end - start, "rollout_s": marks["scored"] - start, "train_s": end - marks["scored"]})
-    return rows, metrics, trainer, state
+    return rows, metrics, runner, state
 
 
 def measure_grpo(model, params, prompts: int, generations: int, prompt_len: int, new_tokens: int, chunk: int,
@@ -109,8 +111,7 @@ def measure_grpo(model, params, prompts: int, generations: int, prompt_len: int,
     sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, eos_token_ids=(), pad_token_id=1)
     rows_n = prompts * generations
     rng = np.random.default_rng(0)
-    tokens = np.repeat(rng.integers(8, min(model.vocab_size, 264), (prompts, prompt_len)), generations,
-                       axis=0).astype(np.int32)
+    tokens = rng.integers(8, min(model.vocab_size, 264), (prompts, prompt_len)).astype(np.int32)  # x G in the step
     rows, metrics, _, _ = esjax_steps(config, model, params, sampling, tokens, np.ones_like(tokens), 1 + repeats,
                                       devices)
     median = lambda key: float(np.median([r[key] for r in rows[1:]]))  # noqa: E731

@@ -38,10 +38,10 @@ def _proc_status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def _score(tokens, lengths, finished, slots=None):
+def _score(tokens, lengths, finished, prompt):
     import numpy as np
     rewards = (tokens[:, 0] % 2 == 0).astype(np.float32)
-    return (rewards, rewards > 0) if slots is not None else rewards
+    return rewards, rewards > 0
 
 
 def _run_stage(stage: str, hf_dir: str, ckpt: str, job: dict) -> dict:
@@ -74,20 +74,19 @@ def _run_stage(stage: str, hf_dir: str, ckpt: str, job: dict) -> dict:
         runner = make_runner(es, loaded.config, sampling, mesh, loaded.params, tokens.shape)
         state = es_init(runner, loaded.params, jax.random.key(0))
         del loaded  # the state owns its copy
-        state, metrics = es_step(runner, state, tokens, mask, _score)
+        state, result = es_step(runner, state, tokens, mask, _score)
         jax.block_until_ready(state)
-        return {"members_at_once": runner.rollout.chunk, "rollout_s": round(metrics["time/rollout_s"], 2),
-                "update_s": round(metrics["time/update_s"], 2)}
-    from esjax.grpo import GRPOConfig, grpo_step, init_state, make_trainer
+        return {"members_at_once": runner.rollout.chunk, "rollout_s": round(result.metrics["time/rollout_s"], 2),
+                "update_s": round(result.metrics["time/update_s"], 2)}
+    from esjax.grpo import GRPOConfig, grpo_init, grpo_step, make_runner
     config = GRPOConfig(num_generations=job["generations"], learning_rate=1e-6, logprob_chunk_size=job["new_tokens"])
     sampling = SamplingConfig(max_new_tokens=job["new_tokens"], temperature=1.0, eos_token_ids=(), pad_token_id=1)
-    trainer = make_trainer(config, loaded.config, sampling)
-    state = trainer.place_state(init_state(config, loaded.params))
+    runner = make_runner(config, loaded.config, sampling)
+    state = grpo_init(runner, loaded.params, jax.random.key(0))
     del loaded
-    rows = np.repeat(tokens, job["generations"], axis=0)
-    state, metrics = grpo_step(trainer, state, rows, np.ones_like(rows), jax.random.key(0), _score)
+    state, result = grpo_step(runner, state, tokens, mask, _score)
     jax.block_until_ready(state)
-    return {"loss": float(metrics.get("loss", float("nan")))}
+    return {"loss": float(result.metrics.get("grpo/loss", float("nan")))}
 
 
 def _worker(stage: str, hf_dir: str, ckpt: str, job: dict) -> None:
@@ -95,7 +94,7 @@ def _worker(stage: str, hf_dir: str, ckpt: str, job: dict) -> None:
 
     import esjax.cli  # noqa: F401 - everything the stage imports, before the baseline
     from esjax.es import step  # noqa: F401
-    from esjax.grpo import trainer  # noqa: F401
+    from esjax.grpo import step as grpo_step  # noqa: F401
     jax.block_until_ready(jax.numpy.zeros(8) + 1)  # the CPU client exists
     baseline = _proc_status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS

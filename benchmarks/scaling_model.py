@@ -248,7 +248,7 @@ def measure(repeats: int = 3) -> dict:
     from esjax import distributed
     from esjax.es import ESConfig
     from esjax.es.step import es_init, es_step, make_runner
-    from esjax.grpo import GRPOConfig, grpo_step, init_state, make_trainer
+    from esjax import grpo as grpo_lib
     from esjax.models import init_params
     from esjax.sampling import SamplingConfig
 
@@ -259,9 +259,9 @@ def measure(repeats: int = 3) -> dict:
     tokens = rng.integers(2, 250, (prompts, prompt_len)).astype(np.int32)
     mask = np.ones_like(tokens)
 
-    def score(t, lengths, finished, slots=None):
+    def score(t, lengths, finished, prompt):
         r = ((t.astype(np.int64) * np.arange(1, t.shape[1] + 1)).sum(1) % 17 / 16.0).astype(np.float32)
-        return (r, r > 0.5) if slots is not None else r
+        return r, r > 0.5
 
     out = {**device_info(), "shape": "tiny", "params": config.num_params(), "population": n_pop, "prompts": prompts,
            "prompt_len": prompt_len, "new_tokens": new_tokens, "cpu_cores": os.cpu_count(), "es": [], "grpo": []}
@@ -279,27 +279,28 @@ def measure(repeats: int = 3) -> dict:
             rows = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                state, metrics = es_step(runner, state, tokens, mask, score)
-                rows.append((time.perf_counter() - t0, metrics["time/rollout_s"], metrics["time/update_s"]))
+                state, result = es_step(runner, state, tokens, mask, score)
+                rows.append((time.perf_counter() - t0, result.metrics["time/rollout_s"],
+                             result.metrics["time/update_s"]))
             best = min(rows)
             out["es"].append({"noise": noise, "population_devices": pop, "model_parallel": mp,
                               "step_s": round(best[0], 4), "rollout_s": round(best[1], 4), "update_s": round(best[2], 4),
                               "compile_plus_first_s": round(first, 2)})
             print(out["es"][-1], flush=True)
-    grpo = GRPOConfig(num_generations=4, learning_rate=1e-3)
+    grpo = grpo_lib.GRPOConfig(num_generations=4, learning_rate=1e-3)
     gsampling = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, eos_token_ids=(), pad_token_id=1)
-    rows_tokens, rows_mask = np.repeat(tokens, 4, axis=0), np.repeat(mask, 4, axis=0)  # K = 64 rows
+    # K = 64 rows: grpo_step repeats each of the 16 prompts G = 4 times
     for data, mp in layouts:
         mesh = distributed.build_mesh([("data", data)] + ([("model", mp)] if mp > 1 else []))
-        trainer = make_trainer(grpo, config, gsampling, mesh)
-        state = trainer.place_state(init_state(grpo, jax.tree.map(jnp.asarray, params)))
+        runner = grpo_lib.make_runner(grpo, config, gsampling, mesh)
+        state = grpo_lib.grpo_init(runner, jax.tree.map(jnp.asarray, params), jax.random.key(0))
         t0 = time.perf_counter()
-        state, _ = grpo_step(trainer, state, rows_tokens, rows_mask, jax.random.key(0), score)
+        state, _ = grpo_lib.grpo_step(runner, state, tokens, mask, score)
         first = time.perf_counter() - t0
         best = float("inf")
-        for i in range(repeats):
+        for _ in range(repeats):
             t0 = time.perf_counter()
-            state, _ = grpo_step(trainer, state, rows_tokens, rows_mask, jax.random.key(i + 1), score)
+            state, _ = grpo_lib.grpo_step(runner, state, tokens, mask, score)
             best = min(best, time.perf_counter() - t0)
         out["grpo"].append({"data_devices": data, "model_parallel": mp, "step_s": round(best, 4),
                             "compile_plus_first_s": round(first, 2)})
@@ -364,8 +365,8 @@ def _multiprocess_worker(repeats: int) -> None:
     steps = []
     for _ in range(3):
         t0 = time.perf_counter()
-        state, metrics = es_step(runner, state, tokens, np.ones_like(tokens), score)
-        steps.append((time.perf_counter() - t0, metrics["time/score_s"]))
+        state, result = es_step(runner, state, tokens, np.ones_like(tokens), score)
+        steps.append((time.perf_counter() - t0, result.metrics["time/score_s"]))
     if jax.process_index() == 0:
         print(json.dumps({"processes": 2, "devices_per_process": 2, "collectives": "gloo (localhost)",
                           "fitness_allgather_ms_best_median": fitness, "reward_allgather_256_ms_best_median": rewards,

@@ -164,7 +164,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     out = args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
     es = settings.es
     print(f"esjax demo: ES fine-tuning of the embedded tiny model (330k params) on Countdown, on CPU\n"
-          f"  population {es['population_size']} (antithetic pairs), sigma {es['sigma']}, alpha {es['alpha']}, "
+          f"  population {es.population_size} (antithetic pairs), sigma {es.sigma}, alpha {es.alpha}, "
           f"{settings.train.iterations} iterations x {settings.train.prompts_per_iteration} fresh problems; "
           f"test accuracy on {settings.task.eval_limit} held-out problems, greedy", flush=True)
     start = time.perf_counter()

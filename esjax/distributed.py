@@ -227,22 +227,6 @@ def axis_size(mesh: Mesh, name: str) -> int:
     return int(mesh.shape[name]) if name in mesh.axis_names else 1
 
 
-def run_mesh(method: str, devices: int | None, model_parallel: int = 1) -> Mesh:
-    """The training loop's mesh: ``(population|data, model)`` axes, ``devices`` x ``model_parallel`` devices.
-
-    The model axis is left out when ``model_parallel == 1`` (a 1-D mesh, as before tensor parallelism).
-    """
-    axis = POPULATION_AXIS if method == "es" else DATA_AXIS
-    if model_parallel < 1:
-        raise ValueError(f"train.model_parallel must be >= 1, got {model_parallel}")
-    available = jax.device_count() // model_parallel
-    n = available if devices is None else devices
-    if n * model_parallel > jax.device_count():
-        raise ValueError(f"train.devices={n} x train.model_parallel={model_parallel} needs {n * model_parallel} "
-                         f"devices but only {jax.device_count()} are visible")
-    return build_mesh([(axis, n)] + ([(MODEL_AXIS, model_parallel)] if model_parallel > 1 else []))
-
-
 # --------------------------------------------------------------------------------------- partitioning params
 # (regex searched in the leaf path, spec of the leaf's dimensions). First match wins; kernels are [in, out].
 PARTITION_RULES: tuple[tuple[str, tuple[str | None, ...]], ...] = (
@@ -387,6 +371,14 @@ def addressable_rows(*arrays: jax.Array) -> tuple[np.ndarray, list[np.ndarray]]:
     return ids, out
 
 
+def to_host(x: jax.Array) -> np.ndarray:
+    """The whole global array on this host (gathered over processes when it is not fully addressable)."""
+    if getattr(x, "is_fully_addressable", True) or x.is_fully_replicated:
+        return np.asarray(x)
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def gather_rows(ids: np.ndarray, values: Any, n: int) -> np.ndarray:
     """Assemble [n, ...] from every process's ``(ids, values)`` (each row supplied by at least one process).
 
@@ -443,20 +435,7 @@ def sharded_normal(key: jax.Array, shape: Sequence[int], sharding: jax.sharding.
 __all__ = [
     "POPULATION_AXIS", "DATA_AXIS", "MODEL_AXIS", "PARTITION_RULES", "ClusterSpec", "ProcessInfo", "initialize",
     "cluster_from_env", "first_slurm_host", "is_main_process", "sync", "broadcast_from_main", "allgather",
-    "build_mesh", "run_mesh", "axis_size", "partition_spec", "param_specs", "tree_shardings", "param_shardings",
+    "build_mesh", "axis_size", "partition_spec", "param_specs", "tree_shardings", "param_shardings",
     "shard_tree", "put_global", "replicate", "rows_sharding", "local_row_range", "put_rows", "addressable_rows",
-    "gather_rows", "process_slice", "check_partitionable_rng", "sharded_normal",
+    "to_host", "gather_rows", "process_slice", "check_partitionable_rng", "sharded_normal",
 ]
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m esjax.distributed train CONFIG --out DIR``: :func:`initialize`, then the ``esjax`` CLI."""
-    import sys
-
-    initialize()
-    from esjax.cli import main as cli_main
-    return cli_main(list(sys.argv[1:] if argv is None else argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -37,8 +37,8 @@ def score_rows(task: Any, tokenizer: Any, examples: Sequence[dict], example_inde
     for k, (text, i, done) in enumerate(zip(texts, np.asarray(example_index), np.asarray(finished))):
         example = examples[int(i)]
         try:
-            reward, row_parts = task.reward(text, example, truncated=not bool(done))
-            correct[k] = task.is_correct(text, example, truncated=not bool(done))
+            reward, row_parts = task.reward(text, example, truncated=not bool(done))  # once per completion
+            correct[k] = task.correct(row_parts or {})
         except Exception as e:  # user-supplied reward code
             raise RewardError(f"task {getattr(task, 'name', task)!r}: reward function raised "
                               f"{type(e).__name__}: {e} (completion {text[:80]!r})") from e

@@ -1,7 +1,10 @@
 """Run settings: YAML files loaded into typed, validated dataclasses, with ``--set a.b=value`` overrides.
 
-Unknown keys and wrong types are errors naming the key and the file. The effective settings are saved in the run
-directory (``config.yaml``) so that a run can be resumed or repeated exactly.
+:func:`load_settings` resolves everything once, before a run starts: the sections become typed dataclasses (the
+method's own :class:`~esjax.es.ESConfig` / :class:`~esjax.grpo.GRPOConfig`, with a decaying schedule's
+``total_steps`` filled in), every cross-section check runs (:func:`resolve`), and the devices are planned
+(:class:`MeshPlan`). Unknown keys and wrong types are errors naming the key and the file. The effective settings
+are saved in the run directory (``config.yaml``) so that a run can be resumed or repeated exactly.
 """
 
 from __future__ import annotations
@@ -13,7 +16,12 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Union
 
+import jax
 import yaml
+
+from esjax import distributed
+from esjax.es.config import ESConfig
+from esjax.grpo.config import GRPOConfig
 
 
 class _Loader(yaml.SafeLoader):
@@ -113,12 +121,30 @@ class TrainSettings:
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     eval_batch_size: int = 256
-    devices: int | None = None  # devices on the population/data axis (None: all / model_parallel)
+    devices: int | None = None  # devices on the population/data axis (None: see MeshPlan)
     model_parallel: int = 1  # devices per tensor-parallel group: the mesh's "model" axis (esjax.distributed)
 
     def __post_init__(self):
         _at_least(self, iterations=1, prompts_per_iteration=1, seed=0, eval_every=0, checkpoint_every=0,
                   keep_checkpoints=1, eval_batch_size=1, devices=1, model_parallel=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshPlan:
+    """The run's devices: ``devices`` on the method's axis (ES: members, GRPO: rollout rows) x ``model_parallel``
+    on the ``"model"`` axis (tensor parallel; the axis is left out when 1)."""
+
+    axis: str  # distributed.POPULATION_AXIS (ES) or distributed.DATA_AXIS (GRPO)
+    devices: int
+    model_parallel: int = 1
+
+    def build(self) -> jax.sharding.Mesh:
+        model = [(distributed.MODEL_AXIS, self.model_parallel)] if self.model_parallel > 1 else []
+        return distributed.build_mesh([(self.axis, self.devices), *model])
+
+
+# A field derived from the others when the settings are resolved: neither read from nor written to config.yaml.
+DERIVED = {"derived": True}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,11 +155,20 @@ class RunSettings:
     stages: tuple[TaskSettings, ...] = ()  # a continual sequence of tasks, trained in order
     sampling: SamplingSettings = SamplingSettings()
     train: TrainSettings = TrainSettings()
-    es: dict = dataclasses.field(default_factory=dict)  # esjax.es.ESConfig fields
-    grpo: dict = dataclasses.field(default_factory=dict)  # esjax.grpo.GRPOConfig fields
+    es: ESConfig = ESConfig()  # used when method is "es"
+    grpo: GRPOConfig = GRPOConfig()  # used when method is "grpo"
+    mesh: MeshPlan | None = dataclasses.field(default=None, compare=False, metadata=DERIVED)  # set by resolve()
 
     def task_stages(self) -> tuple[TaskSettings, ...]:
         return self.stages or (self.task or TaskSettings(),)
+
+    @property
+    def method_config(self) -> ESConfig | GRPOConfig:
+        return self.es if self.method == "es" else self.grpo
+
+
+def _fields(cls: type) -> list[dataclasses.Field]:
+    return [f for f in dataclasses.fields(cls) if not f.metadata.get("derived")]
 
 
 def _check(value: Any, hint: Any, key: str, where: str) -> Any:
@@ -142,6 +177,11 @@ def _check(value: Any, hint: Any, key: str, where: str) -> Any:
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise SettingsError(f"{where}: '{key}' must be a mapping, got {value!r}")
+        if hint in (ESConfig, GRPOConfig):  # their own from_dict checks the keys, __post_init__ the values
+            try:
+                return hint.from_dict(value)
+            except (TypeError, ValueError) as e:
+                raise SettingsError(f"{where}: {key}: {e}") from None
         return from_dict(hint, value, where, prefix=f"{key}.")
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
@@ -175,7 +215,7 @@ def _check(value: Any, hint: Any, key: str, where: str) -> Any:
 def from_dict(cls: type, data: dict[str, Any], where: str = "<settings>", prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a dict, rejecting unknown keys and wrong types."""
     hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name for f in _fields(cls)}
     unknown = sorted(set(data) - fields)
     if unknown:
         raise SettingsError(f"{where}: unknown key '{prefix}{unknown[0]}' (known: {', '.join(sorted(fields))})")
@@ -187,8 +227,10 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "<settings>", prefix
 
 
 def to_dict(settings: Any) -> Any:
+    if isinstance(settings, (ESConfig, GRPOConfig)):
+        return settings.to_dict()
     if dataclasses.is_dataclass(settings):
-        return {f.name: to_dict(getattr(settings, f.name)) for f in dataclasses.fields(settings)}
+        return {f.name: to_dict(getattr(settings, f.name)) for f in _fields(type(settings))}
     if isinstance(settings, (list, tuple)):
         return [to_dict(v) for v in settings]
     return settings
@@ -226,59 +268,63 @@ def load_settings(path: str | Path | None, overrides: list[str] | tuple[str, ...
         if not isinstance(data, dict):
             raise SettingsError(f"{path}: the top level must be a mapping")
     data = apply_overrides(data, overrides)
-    settings = from_dict(RunSettings, data, where)
+    sections = {k: v for k, v in data.items() if k not in ("es", "grpo")}
+    settings = from_dict(RunSettings, sections, where)
+    steps = {"es": settings.train.iterations, "grpo": settings.train.iterations}
+    methods = {}
+    for name, schedule in (("es", "alpha_schedule"), ("grpo", "lr_schedule")):
+        section = data.get(name) or {}
+        if name == "grpo" and isinstance(section, dict) and isinstance(section.get("num_iterations", 1), int):
+            steps[name] *= section.get("num_iterations", 1)  # GRPO's schedule counts optimizer steps
+        methods[name] = _check(_with_total_steps(section, schedule, steps[name]), _METHOD_CONFIGS[name], name, where)
+    return resolve(dataclasses.replace(settings, **methods), where)
+
+
+_METHOD_CONFIGS = {"es": ESConfig, "grpo": GRPOConfig}
+
+
+def _with_total_steps(section: Any, schedule_key: str, steps: int) -> Any:
+    """A decaying schedule without ``total_steps`` ends with the run's last update."""
+    if not isinstance(section, dict) or section.get(schedule_key, "constant") == "constant" \
+            or section.get("total_steps") is not None:
+        return section
+    return {**section, "total_steps": steps}
+
+
+def resolve(settings: RunSettings, where: str = "<settings>") -> RunSettings:
+    """The checks that span sections, and the mesh plan: ``settings`` with ``mesh`` set (run before training)."""
     if settings.task is not None and settings.stages:
         raise SettingsError(f"{where}: give either 'task' or 'stages', not both")
-    _validate_method_config(settings, where)
-    return settings
-
-
-def _validate_method_config(settings: RunSettings, where: str) -> None:
-    """Build the method's own config now, so a bad ES/GRPO setting fails at load time, naming the key."""
+    train = settings.train
+    plan = plan_mesh(settings)
+    if plan.devices * plan.model_parallel > jax.device_count():
+        raise SettingsError(f"{where}: train.devices={plan.devices} x train.model_parallel={plan.model_parallel} "
+                            f"needs {plan.devices * plan.model_parallel} devices but only {jax.device_count()} "
+                            f"are visible")
     try:
         if settings.method == "es":
-            es_config(settings).validate(mesh_devices(settings))
+            settings.es.validate(plan.devices)
         else:
-            grpo_config(settings).validate(mesh_devices(settings),
-                                           settings.train.prompts_per_iteration * grpo_config(settings).num_generations)
-    except (TypeError, ValueError) as e:
+            settings.grpo.validate(plan.devices, train.prompts_per_iteration * settings.grpo.num_generations)
+    except ValueError as e:
         raise SettingsError(f"{where}: {settings.method}: {e}") from None
+    return dataclasses.replace(settings, mesh=plan)
 
 
-def mesh_devices(settings: RunSettings) -> int:
+def plan_mesh(settings: RunSettings) -> MeshPlan:
     """Devices on the population (ES) / data (GRPO) axis: ``train.devices``, or by default the most of the
     ``device_count / train.model_parallel`` model groups that split the population (ES: N, or N/2 antithetic
     pairs; GRPO: the rollout batch) evenly."""
-    import jax
-    if settings.train.devices is not None:
-        return settings.train.devices
-    groups = max(1, jax.device_count() // settings.train.model_parallel)
+    train = settings.train
+    axis = distributed.POPULATION_AXIS if settings.method == "es" else distributed.DATA_AXIS
+    if train.devices is not None:
+        return MeshPlan(axis, train.devices, train.model_parallel)
+    groups = max(1, jax.device_count() // train.model_parallel)
     if settings.method == "es":
-        cfg = es_config(settings)
-        units = cfg.population_size // (2 if cfg.antithetic else 1)
+        units = settings.es.population_size // (2 if settings.es.antithetic else 1)
     else:
-        units = settings.train.prompts_per_iteration * grpo_config(settings).num_generations
-    return max(d for d in range(1, groups + 1) if units % d == 0)
-
-
-def es_config(settings: RunSettings):
-    """The run's ESConfig; a decaying ``alpha_schedule`` without ``total_steps`` ends at ``train.iterations``."""
-    from esjax.es import ESConfig
-    return ESConfig.from_dict(_with_total_steps(settings.es, "alpha_schedule", settings.train.iterations))
-
-
-def grpo_config(settings: RunSettings):
-    """The run's GRPOConfig; a decaying ``lr_schedule`` without ``total_steps`` ends with the run's last optimizer
-    step (``train.iterations * num_iterations``)."""
-    from esjax.grpo import GRPOConfig
-    steps = settings.train.iterations * settings.grpo.get("num_iterations", 1)
-    return GRPOConfig.from_dict(_with_total_steps(settings.grpo, "lr_schedule", steps))
-
-
-def _with_total_steps(section: dict, schedule_key: str, steps: int) -> dict:
-    if section.get(schedule_key, "constant") == "constant" or section.get("total_steps") is not None:
-        return section
-    return {**section, "total_steps": steps}
+        units = train.prompts_per_iteration * settings.grpo.num_generations
+    return MeshPlan(axis, max(d for d in range(1, groups + 1) if units % d == 0), train.model_parallel)
 
 
 def save_settings(settings: RunSettings, path: str | Path) -> None:

@@ -1,7 +1,7 @@
 """The run loop shared by ES and GRPO: data order, rollouts, scoring, evaluation, metrics, checkpoints, stages.
 
-One loop drives both methods through the small :class:`Method` interface, so an ES-vs-GRPO comparison differs in
-the algorithm only: same model, sampler, tasks, evaluation, checkpoints and metrics.
+One loop drives both methods through the :class:`esjax.method.Method` interface, so an ES-vs-GRPO comparison
+differs in the algorithm only: same model, sampler, tasks, evaluation, checkpoints and metrics.
 """
 
 from __future__ import annotations
@@ -10,34 +10,27 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import jax
 import numpy as np
 
 from esjax import distributed
 from esjax.checkpoint import RunCheckpoints
+from esjax.es.step import ESMethod
 from esjax.evaluate import EvalResult, PromptSet, evaluate
+from esjax.grpo.step import GRPOMethod
 from esjax.inference import check_context, sampling_for
+from esjax.method import Batch, Method, ScoreFn
 from esjax.metrics import MetricsLogger
 from esjax.models import load_model, save_model
 from esjax.models.decoder import Params
 from esjax.scoring import score_rows
-from esjax.settings import RunSettings, TaskSettings, es_config, grpo_config, mesh_devices, save_settings
+from esjax.settings import RunSettings, TaskSettings, resolve, save_settings
 
 
 class RunDirError(ValueError):
     """The run directory cannot be used as asked (exists without --resume, nothing to resume, not writable)."""
-
-
-class Method(Protocol):
-    """What the loop needs from a training method (ES or GRPO)."""
-
-    samples_per_prompt: int  # generated completions per prompt per iteration (N for ES, G for GRPO)
-
-    def init(self, params: Params, key: jax.Array) -> Any: ...
-    def step(self, state: Any, tokens: np.ndarray, mask: np.ndarray, score_fn: Callable, iteration: int) -> tuple[Any, dict]: ...
-    def params(self, state: Any) -> Params: ...
 
 
 def resolve_model_path(path: str) -> Path:
@@ -86,19 +79,8 @@ def make_method(settings: RunSettings, model_config, tokenizer, mesh, params: Pa
     sampling = sampling_for(model_config, tokenizer, max_new_tokens=settings.sampling.max_new_tokens,
                             temperature=settings.sampling.temperature, top_p=settings.sampling.top_p,
                             top_k=settings.sampling.top_k)
-    if settings.method == "es":
-        from esjax.es.step import ESMethod
-        return ESMethod(es_config(settings), model_config, sampling, mesh, params, batch_shape)
-    from esjax.grpo.method import GRPOMethod
-    return GRPOMethod(grpo_config(settings), model_config, sampling, mesh, params, batch_shape)
-
-
-def make_mesh(devices: int, axis: str, model_parallel: int = 1) -> jax.sharding.Mesh:
-    """``devices`` on the population/data ``axis`` x ``model_parallel`` on a "model" axis (omitted when 1)."""
-    if devices * model_parallel > jax.device_count():
-        raise ValueError(f"train.devices={devices} x train.model_parallel={model_parallel} but only "
-                         f"{jax.device_count()} devices are visible")
-    return distributed.run_mesh("es" if axis == "population" else "grpo", devices, model_parallel)
+    method = ESMethod if settings.method == "es" else GRPOMethod
+    return method(settings.method_config, model_config, sampling, mesh, params, batch_shape)
 
 
 def prepare_run_dir(out_dir: Path, settings: RunSettings, resume: bool, create: bool = True) -> None:
@@ -141,14 +123,14 @@ class Run:
 
     def __init__(self, settings: RunSettings, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
                  log: Callable[[str], None] = print):
+        settings = settings if settings.mesh is not None else resolve(settings)
         self.settings, self.out_dir, self.progress = settings, Path(out_dir), progress
         self.log = log if distributed.is_main_process() else (lambda _: None)
         # everything is checked (run directory, model, tokenizer, tasks) before the run directory is written, so a
         # failed start leaves nothing behind that would block the corrected command
         _prepare_run_dir_once(self.out_dir, settings, resume, create=False)
         self.resume = resume
-        self.mesh = make_mesh(mesh_devices(settings), "population" if settings.method == "es" else "data",
-                              settings.train.model_parallel)
+        self.mesh = settings.mesh.build()
         # params are born on the mesh: replicated over population/data, split over "model" by the partition rules
         model = load_model(resolve_model_path(settings.model.path), dtype=settings.model.dtype,
                            sharding=lambda config: distributed.param_shardings(self.mesh, config))
@@ -178,31 +160,23 @@ class Run:
             begin += length
         return stages
 
-    def _evaluate(self, params: Params, stage: Stage) -> dict[str, float]:
-        out = {}
-        for split, prompts in stage.evals.items():
-            result: EvalResult = evaluate(self.model.config, params, self.tokenizer, stage.task, prompts,
-                                          self.eval_sampling, self.settings.train.eval_batch_size)
-            out[f"eval/{split}/accuracy"] = result.accuracy
-            out[f"eval/{split}/mean_reward"] = result.mean_reward
-        return out
+    def _evaluate(self, params: Params, stage: Stage) -> dict[str, EvalResult]:
+        """Greedy evaluation of ``params`` on each of ``stage``'s eval splits."""
+        return {split: evaluate(self.model.config, params, self.tokenizer, stage.task, prompts, self.eval_sampling,
+                                self.settings.train.eval_batch_size) for split, prompts in stage.evals.items()}
 
-    def _score_fn(self, stage: Stage, batch: np.ndarray):
+    @staticmethod
+    def _eval_metrics(results: dict[str, EvalResult]) -> dict[str, float]:
+        return {f"eval/{split}/{name}": value for split, r in results.items()
+                for name, value in (("accuracy", r.accuracy), ("mean_reward", r.mean_reward))}
+
+    def _score_fn(self, stage: Stage, batch: np.ndarray) -> ScoreFn:
         examples = [stage.train.examples[i] for i in batch]
 
-        def score(tokens, lengths, finished, slots):
-            s = score_rows(stage.task, self.tokenizer, examples, slots, tokens, lengths, finished)
+        def score(tokens, lengths, finished, prompt):
+            s = score_rows(stage.task, self.tokenizer, examples, prompt, tokens, lengths, finished)
             return s.rewards, s.correct
         return score
-
-    def _stage_matrix_row(self, params: Params) -> dict[str, list[float]]:
-        row: dict[str, list[float]] = {}
-        for stage in self.stages:
-            for split, prompts in stage.evals.items():
-                r = evaluate(self.model.config, params, self.tokenizer, stage.task, prompts, self.eval_sampling,
-                             self.settings.train.eval_batch_size)
-                row.setdefault(split, []).append(r.accuracy)
-        return row
 
     def run(self) -> dict[str, Any]:
         s = self.settings
@@ -232,20 +206,27 @@ class Run:
                     method_stage = stage.index
                 if it == stage.begin and not any(r["iteration"] == it and r.get("stage") == stage.index
                                                  and any(k.startswith("eval/") for k in r) for r in logger.records):
-                    logger.log(it, {"stage": stage.index, "samples": samples, **self._evaluate(method.params(state), stage)})
+                    evals = self._eval_metrics(self._evaluate(method.params(state), stage))
+                    logger.log(it, {"stage": stage.index, "samples": samples, **evals})
                 step = it - stage.begin
                 batch = batch_indices(s.train.seed, stage.index, step, s.train.prompts_per_iteration, len(stage.train))
                 t0 = time.perf_counter()
-                tokens, mask = stage.train.rows(batch)
-                state, metrics = method.step(state, tokens, mask, self._score_fn(stage, batch), it)
-                samples += metrics.pop("samples_per_iteration")
-                metrics |= {"stage": stage.index, "samples": samples, "seconds": time.perf_counter() - t0}
+                state, result = method.step(state, Batch(*stage.train.rows(batch)), self._score_fn(stage, batch))
+                samples += len(batch) * method.samples_per_prompt
+                metrics = result.record() | {"stage": stage.index, "samples": samples,
+                                             "seconds": time.perf_counter() - t0}
                 done = it + 1
-                if done == stage.end or (s.train.eval_every and done % s.train.eval_every == 0):
-                    metrics |= self._evaluate(method.params(state), stage)
+                # at a stage's end every stage's splits are evaluated once (the accuracy matrix's row); else this one's
+                evals = {}
+                if done == stage.end and len(self.stages) > 1:
+                    evals = {st.index: self._evaluate(method.params(state), st) for st in self.stages}
+                elif done == stage.end or (s.train.eval_every and done % s.train.eval_every == 0):
+                    evals = {stage.index: self._evaluate(method.params(state), stage)}
+                if evals:
+                    metrics |= self._eval_metrics(evals[stage.index])
                 logger.log(done, metrics)
                 if done == stage.end:
-                    self._finish_stage(stage, method.params(state), matrices)
+                    self._finish_stage(stage, method.params(state), matrices, evals)
                 if done == total or (s.train.checkpoint_every and done % s.train.checkpoint_every == 0) or done == stage.end:
                     checkpoints.save(done, state, {"iteration": done, "metrics": logger.records, "matrices": matrices})
                 self._advance(bar, metrics)
@@ -263,9 +244,14 @@ class Run:
         shape = (min(self.settings.train.prompts_per_iteration, len(stage.train)), stage.train.tokens.shape[1])
         return make_method(self.settings, self.model.config, self.tokenizer, self.mesh, params, shape)
 
-    def _finish_stage(self, stage: Stage, params: Params, matrices: dict) -> None:
+    def _finish_stage(self, stage: Stage, params: Params, matrices: dict,
+                      evals: dict[int, dict[str, EvalResult]]) -> None:
+        """The stage's model to ``stages/``; with several stages, the accuracy matrices' row of this stage."""
         if len(self.stages) > 1:
-            row = self._stage_matrix_row(params)
+            row: dict[str, list[float]] = {}
+            for st in self.stages:
+                for split, result in evals[st.index].items():
+                    row.setdefault(split, []).append(result.accuracy)
             for split, values in row.items():
                 matrices.setdefault(split, [])
                 del matrices[split][stage.index:]

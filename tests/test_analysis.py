@@ -12,6 +12,7 @@ import pytest
 
 from esjax.analysis import cli as analysis_cli
 from esjax.analysis import geometry, interpolation, kl, runs
+from esjax.es import ESConfig
 from esjax.evaluate import PromptSet, evaluate
 from esjax.inference import sampling_for
 from esjax.models import forward, load_model, save_model
@@ -102,7 +103,7 @@ def test_es_theory_and_trained_parameter_count():
     assert geometry.es_theory_norm(0.01, 400, 25, 4) == pytest.approx(0.01 * 50)
     params = {"layers_0": {"mlp": {"up_proj": {"kernel": jnp.zeros((4, 5))}}}, "norm": {"scale": jnp.zeros((3,))}}
     assert runs.trained_param_count(params) == 23
-    assert runs.trained_param_count(params, {"freeze": ["norm"]}) == 20
+    assert runs.trained_param_count(params, ESConfig(freeze=("norm",))) == 20
 
 
 # ---------------------------------------------------------------------------------------------------- KL

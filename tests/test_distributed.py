@@ -13,9 +13,11 @@ from esjax.es import ESConfig
 from esjax.es.noise import lowrank_factors, lowrank_perturb, member_noise, perturb
 from esjax.es.population import population_mesh
 from esjax.es.step import es_init, es_step, make_runner
-from esjax.grpo import GRPOConfig, data_mesh, grpo_step, init_state, make_trainer
+from esjax import grpo
+from esjax.grpo import GRPOConfig, data_mesh, grpo_step
 from esjax.models import config_from_hf, forward_jit, init_params, param_shapes
 from esjax.sampling import SamplingConfig, pad_prompts
+from esjax.settings import MeshPlan, SettingsError, load_settings
 
 FAST = {"xla_backend_optimization_level": 0}
 QWEN2 = config_from_hf(dict(model_type="qwen2", vocab_size=64, hidden_size=32, intermediate_size=64,
@@ -68,7 +70,7 @@ def test_cluster_from_env_sources():
 
 
 # -------------------------------------------------------------------------------------------------- meshes
-def test_build_mesh_and_run_mesh():
+def test_build_mesh_and_the_run_mesh_plan():
     mesh = build_mesh({"population": -1, "model": 2})
     assert dict(mesh.shape) == {"population": 4, "model": 2}
     assert list(mesh.devices.reshape(-1)) == sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
@@ -77,10 +79,12 @@ def test_build_mesh_and_run_mesh():
                          ({"a": -1, "b": 3}, "cannot be split"), ({"a": 0}, "positive")]:
         with pytest.raises(ValueError, match=message):
             build_mesh(bad)
-    assert distributed.run_mesh("es", 4).axis_names == ("population",)
-    assert dict(distributed.run_mesh("grpo", None, 4).shape) == {"data": 2, "model": 4}
-    with pytest.raises(ValueError, match="needs 12 devices"):
-        distributed.run_mesh("es", 3, 4)
+    es = load_settings(None, ["train.devices=4", "es.population_size=8"])
+    assert es.mesh == MeshPlan("population", 4, 1) and es.mesh.build().axis_names == ("population",)
+    grpo = load_settings(None, ["method=grpo", "train.model_parallel=4", "train.prompts_per_iteration=2"])
+    assert dict(grpo.mesh.build().shape) == {"data": 2, "model": 4}
+    with pytest.raises(SettingsError, match="needs 12 devices"):
+        load_settings(None, ["train.devices=3", "train.model_parallel=4", "es.population_size=6"])
 
 
 def test_partition_rules():
@@ -175,13 +179,13 @@ def test_es_step_model_axis_2_equals_model_axis_1(noise):
     for mesh in (population_mesh(jax.devices()[:2]), build_mesh({"population": 2, "model": 2})):
         runner = make_runner(es, QWEN2, sampling, mesh, params, TOKENS.shape)
         state = es_init(runner, params, jax.random.key(7))
-        state, metrics = es_step(runner, state, TOKENS, MASK, _row_score)
-        assert metrics["es/update_norm"] > 0
-        results.append((state, metrics))
+        state, result = es_step(runner, state, TOKENS, MASK, _row_score)
+        assert result.metrics["es/update_norm"] > 0
+        results.append((state, result))
     (one, m1), (two, m2) = results
     assert _leaf(two.params, Q_KERNEL).sharding.spec == P(None, "model")
     assert _leaf(two.master, Q_KERNEL).sharding.spec == P(None, "model")
-    assert m1["reward_mean"] == m2["reward_mean"]  # the same completions
+    assert m1.reward_mean == m2.reward_mean  # the same completions
     for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
@@ -190,20 +194,18 @@ def test_es_step_model_axis_2_equals_model_axis_1(noise):
 def test_grpo_step_model_axis_2_equals_model_axis_1():
     config = GRPOConfig(num_generations=4, learning_rate=1e-2)
     sampling = SamplingConfig(max_new_tokens=3, temperature=1.0, eos_token_ids=(0,), pad_token_id=1)
-    tokens, mask = np.repeat(TOKENS[:2], 4, axis=0), np.repeat(MASK[:2], 4, axis=0)
-    score = lambda t, n, f: _row_score(t, n, f, None)[0]  # noqa: E731
     results = []
     for mesh in (data_mesh(jax.devices()[:2]), build_mesh({"data": 2, "model": 2})):
-        trainer = make_trainer(config, QWEN2, sampling, mesh, compiler_options=FAST)
-        state = trainer.place_state(init_state(config, jax.tree.map(jnp.asarray, _params(QWEN2, seed=3))))
-        state, metrics = grpo_step(trainer, state, tokens, mask, jax.random.key(5), score)
-        assert metrics["grad_norm"] > 0
-        results.append((state, metrics))
+        runner = grpo.make_runner(config, QWEN2, sampling, mesh, compiler_options=FAST)
+        state = grpo.grpo_init(runner, jax.tree.map(jnp.asarray, _params(QWEN2, seed=3)), jax.random.key(5))
+        state, result = grpo_step(runner, state, TOKENS[:2], MASK[:2], _row_score)
+        assert result.metrics["grpo/grad_norm"] > 0
+        results.append((state, result))
     (one, m1), (two, m2) = results
     assert _leaf(two.params, Q_KERNEL).sharding.spec == P(None, "model")
     assert _leaf(two.opt_state[1][0].mu, Q_KERNEL).sharding.spec == P(None, "model")
-    assert m1["reward_mean"] == m2["reward_mean"]  # the same samples
-    np.testing.assert_allclose(m1["loss"], m2["loss"], rtol=1e-5, atol=1e-7)
+    assert m1.reward_mean == m2.reward_mean  # the same samples
+    np.testing.assert_allclose(m1.metrics["grpo/loss"], m2.metrics["grpo/loss"], rtol=1e-5, atol=1e-7)
     # the gradient (Adam's first moment after one step) agrees to float32 reduction-order precision ...
     for a, b in zip(jax.tree.leaves(one.opt_state[1][0].mu), jax.tree.leaves(two.opt_state[1][0].mu)):
         a, b = np.asarray(a), np.asarray(b)

@@ -34,8 +34,8 @@ def test_es_raises_target_token_rate(noise):
     state = es_init(runner, params, jax.random.key(1))
     curve = []
     for _ in range(30):
-        state, metrics = es_step(runner, state, tokens, mask, score)
-        curve.append(metrics["reward_mean"])
+        state, result = es_step(runner, state, tokens, mask, score)
+        curve.append(result.reward_mean)
     first, last = np.mean(curve[:3]), np.mean(curve[-3:])
     assert first < 0.1, curve  # ~1/32 for a random model
     assert last > 0.6, curve

@@ -86,7 +86,7 @@ def test_es_step_applies_the_update_to_the_scored_fitness(group_baseline):
         scored.append(rewards.astype(np.float32))
         return scored[-1], rewards > 1
 
-    state, metrics = es_step(runner, state, np.asarray(TOKENS), np.asarray(MASK), score_fn)
+    state, result = es_step(runner, state, np.asarray(TOKENS), np.asarray(MASK), score_fn)
     per_prompt = scored[0].reshape(4, 3)  # rows are member-major: [N * B] -> [N, B]
     assert np.ptp(per_prompt, axis=0).all()  # members disagree on every prompt, so both fitness kinds matter
     fitness = per_prompt if group_baseline else per_prompt.mean(axis=1)
@@ -95,7 +95,7 @@ def test_es_step_applies_the_update_to_the_scored_fitness(group_baseline):
     other = apply_update(dataclasses.replace(es, group_baseline=not group_baseline), PARAMS, jax.random.key(1), 0,
                          per_prompt.mean(axis=1) if group_baseline else per_prompt)
     assert not np.allclose(state.params["embed_tokens"]["embedding"], other["embed_tokens"]["embedding"])
-    assert metrics["es/alpha"] == pytest.approx(0.01)
+    assert result.metrics["es/alpha"] == pytest.approx(0.01)
 
 
 @pytest.mark.parametrize("noise, temperature", [("full", 0.0), ("lowrank", 1.0)])

@@ -1,4 +1,4 @@
-"""GRPO trainer: exact gradients, device invariance, mu > 1, beta = 0, accumulation, bf16 master, learning."""
+"""GRPO update and step: exact gradients, device invariance, mu > 1, beta = 0, accumulation, bf16 master, learning."""
 
 import dataclasses
 import functools
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from esjax.grpo import (GRPOConfig, build_batch, completion_logps, data_mesh, grpo_loss, grpo_step, init_state,
-                        make_schedule, make_trainer, reward_metrics, train_on_rollout)
+                        make_schedule, make_runner, reward_metrics, train_on_rollout)
 from esjax.models import config_from_hf, init_params
 from esjax.sampling import SamplingConfig
 
@@ -60,8 +60,8 @@ def _train(config, devices=1, dtype="float32"):
     """
     prompts, mask, completions, rewards = _rollout()
     rewards[3] = np.nan
-    trainer = make_trainer(config, MODEL, SAMPLING, data_mesh(jax.devices()[:devices]), compiler_options=FAST)
-    return trainer.train(init_state(config, _params(dtype)), prompts, mask, completions, rewards)
+    runner = make_runner(config, MODEL, SAMPLING, data_mesh(jax.devices()[:devices]), compiler_options=FAST)
+    return runner.train(init_state(config, _params(dtype), jax.random.key(0)), prompts, mask, completions, rewards)
 
 
 def _assert_trees_close(a, b, rtol):
@@ -91,7 +91,7 @@ def test_config_validation():
         config.validate(num_devices=1, rollout_batch=6)
     hash(config)
     with pytest.raises(ValueError, match="temperature"):
-        make_trainer(config, MODEL, SamplingConfig(temperature=0.0))
+        make_runner(config, MODEL, SamplingConfig(temperature=0.0))
 
 
 def test_schedule_warmup_then_cosine():
@@ -174,7 +174,7 @@ def test_rollout_log_probs_match_and_are_device_invariant():
     config = GRPOConfig(num_generations=G)
     prompts, mask, _, _ = _rollout()
     params = _params()
-    outs = [make_trainer(config, MODEL, SAMPLING, data_mesh(jax.devices()[:n]), compiler_options=FAST).rollout(
+    outs = [make_runner(config, MODEL, SAMPLING, data_mesh(jax.devices()[:n]), compiler_options=FAST).rollout(
         params, prompts, mask, jax.random.key(3)) for n in (1, 4)]
     np.testing.assert_array_equal(outs[0].tokens, outs[1].tokens)
     batch = build_batch(config, SAMPLING, jnp.asarray(prompts), jnp.asarray(mask), outs[0].tokens, jnp.zeros(K))
@@ -198,7 +198,7 @@ def test_mu2_uses_stored_old_logps():
 
 def _dot_count(config):
     prompts, mask, completions, rewards = _rollout()
-    state = jax.eval_shape(lambda: init_state(config, _params()))
+    state = jax.eval_shape(lambda: init_state(config, _params(), jax.random.key(0)))
     jaxpr = jax.make_jaxpr(lambda s: train_on_rollout(config, MODEL, SAMPLING, s, prompts, mask, completions,
                                                       rewards))(state)
     return len(re.findall(r"dot_general\[", str(jaxpr)))
@@ -232,17 +232,25 @@ def test_bf16_master_keeps_small_updates():
 def test_learns_first_token_reward():
     """A tiny random model learns to start its completions with token 7 (chance 1/32) within 25 steps."""
     config = GRPOConfig(num_generations=8, learning_rate=3e-2, max_grad_norm=None)
-    trainer = make_trainer(config, MODEL, SamplingConfig(max_new_tokens=3, temperature=1.0, eos_token_ids=(0,),
-                                                         pad_token_id=1), data_mesh(jax.devices()[:4]),
-                           compiler_options=FAST)
-    prompts = np.repeat(np.random.default_rng(1).integers(2, 32, (4, 6)), 8, axis=0).astype(np.int32)
-    state = init_state(config, _params())
-    score = lambda tokens, lengths, finished: (tokens[:, 0] == 7).astype(np.float32)  # noqa: E731
+    runner = make_runner(config, MODEL, SamplingConfig(max_new_tokens=3, temperature=1.0, eos_token_ids=(0,),
+                                                        pad_token_id=1), data_mesh(jax.devices()[:4]),
+                         compiler_options=FAST)
+    prompts = np.random.default_rng(1).integers(2, 32, (4, 6)).astype(np.int32)
+    state = init_state(config, _params(), jax.random.key(0))
+    seen = []
+
+    def score(tokens, lengths, finished, prompt):
+        seen.append(prompt)
+        hit = tokens[:, 0] == 7
+        return hit.astype(np.float32), hit
+
     history = []
-    for step in range(25):
-        state, metrics = grpo_step(trainer, state, prompts, np.ones_like(prompts), jax.random.key(step), score)
-        history.append(metrics["reward_mean"])
-    assert set(metrics) >= {"reward_mean", "reward_std", "completion_length", "loss", "grad_norm", "entropy", "lr",
-                            "clip_ratio", "nonfinite_rewards"}
+    for _ in range(25):
+        state, result = grpo_step(runner, state, prompts, np.ones_like(prompts), score)
+        history.append(result.reward_mean)
+        assert result.accuracy == pytest.approx(result.reward_mean)  # reward 1 exactly when correct
+    assert set(result.metrics) >= {f"grpo/{k}" for k in ("completion_length", "loss", "grad_norm", "entropy", "lr",
+                                                         "clip_ratio", "nonfinite_rewards")}
+    assert np.array_equal(seen[0], np.repeat(np.arange(4), 8))  # row r answers prompt r // G
     assert history[0] < 0.2 and np.mean(history[-5:]) > 0.6
-    assert int(state.step) == 25
+    assert int(state.step) == 25 and int(state.iteration) == 25

@@ -28,6 +28,7 @@ def hf_greedy(path, prompts, max_new, eos):
     return rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["qwen2", "llama", "qwen3"])
 @pytest.mark.parametrize("padded", [True, False])
 def test_greedy_matches_transformers(tiny_model_dirs, family, padded):

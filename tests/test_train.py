@@ -13,7 +13,7 @@ import pytest
 from esjax import distributed
 from esjax.cli import main
 from esjax.models import load_model
-from esjax.settings import SettingsError, es_config, grpo_config, load_settings
+from esjax.settings import SettingsError, load_settings, save_settings
 from esjax.train import train
 
 TASK = "task.options={prompt_style: short, counts: [3], train_size: 40, test_size: 16}"
@@ -87,7 +87,7 @@ def test_settings_validation_names_key(tmp_path):
         load_settings(None, ["es.population_size=7", "es.antithetic=true"])
     s = load_settings(None, ["train.iterations=7", "es.sigma=2e-3", "task.options={counts: [3, 4]}",
                              "sampling.temperature=1"])
-    assert s.train.iterations == 7 and s.es["sigma"] == 2e-3 and s.task.options == {"counts": [3, 4]}
+    assert s.train.iterations == 7 and s.es.sigma == 2e-3 and s.task.options == {"counts": [3, 4]}
     assert isinstance(s.sampling.temperature, float)
     with pytest.raises(SettingsError, match="KEY=VALUE"):
         load_settings(None, ["train.iterations"])
@@ -97,11 +97,23 @@ def test_decaying_schedules_end_with_the_run():
     """A decaying step-size schedule without total_steps ends at the run's last update (ES: iterations; GRPO:
     iterations x num_iterations optimizer steps); an explicit total_steps is kept."""
     s = load_settings(None, ["train.iterations=7", "es.alpha_schedule=cosine"])
-    assert es_config(s).total_steps == 7 and es_config(s).alpha_at()(7) == 0
-    assert es_config(load_settings(None, ["es.alpha_schedule=linear", "es.total_steps=3"])).total_steps == 3
-    assert es_config(load_settings(None, [])).total_steps is None
+    assert s.es.total_steps == 7 and s.es.alpha_at()(7) == 0
+    assert load_settings(None, ["es.alpha_schedule=linear", "es.total_steps=3"]).es.total_steps == 3
+    assert load_settings(None, []).es.total_steps is None
     s = load_settings(None, ["method=grpo", "train.iterations=5", "grpo.lr_schedule=linear", "grpo.num_iterations=2"])
-    assert grpo_config(s).total_steps == 10
+    assert s.grpo.total_steps == 10
+
+
+@pytest.mark.parametrize("overrides", [["es.alpha_schedule=cosine", "es.freeze=[norm]", "es.optimizer=sgd",
+                                        "es.optimizer_kwargs={momentum: 0.9}", "train.devices=2"],
+                                       ["method=grpo", "grpo.lr_schedule=linear", "grpo.num_iterations=2"]],
+                         ids=["es", "grpo"])
+def test_saved_settings_load_back_equal(tmp_path, overrides):
+    """config.yaml holds the resolved settings (typed method configs included) and loads back to equal ones."""
+    settings = load_settings(None, overrides)
+    save_settings(settings, tmp_path / "config.yaml")
+    again = load_settings(tmp_path / "config.yaml")
+    assert again == settings and again.mesh == settings.mesh
 
 
 @pytest.mark.slow

@@ -15,7 +15,8 @@ from typing import Any, Iterable, Mapping
 import jax
 import numpy as np
 
-from esjax.settings import RunSettings, TaskSettings, es_config, load_settings
+from esjax.es import ESConfig, trainable_mask
+from esjax.settings import RunSettings, TaskSettings, load_settings
 from esjax.train import load_task, resolve_model_path
 
 _STAGE = re.compile(r"(\d+)-(.+)")
@@ -94,13 +95,12 @@ def parse_named(items: Iterable[str], what: str = "--model") -> dict[str, str]:
     return out
 
 
-def trained_param_count(params: Any, es_settings: Mapping[str, Any] | None = None) -> int:
-    """d: elements ES perturbs and updates (all float leaves, minus frozen ones under ``es_settings``)."""
+def trained_param_count(params: Any, es_config: ESConfig | None = None) -> int:
+    """d: elements ES perturbs and updates (all float leaves, minus those ``es_config`` freezes)."""
     leaves = jax.tree.leaves(params)
-    if es_settings is None:
+    if es_config is None:
         return int(sum(np.size(x) for x in leaves if np.issubdtype(x.dtype, np.inexact)))
-    from esjax.es import ESConfig, trainable_mask
-    mask = jax.tree.leaves(trainable_mask(ESConfig.from_dict(dict(es_settings)), params))
+    mask = jax.tree.leaves(trainable_mask(es_config, params))
     return int(sum(np.size(x) for x, keep in zip(leaves, mask) if keep))
 
 
@@ -114,9 +114,9 @@ def es_theory_inputs(run: RunInfo | None, params: Any, override: tuple[float, in
                 "trained_params": trained_param_count(params), "source": "flags"}
     if run is None or run.method != "es":
         return None
-    cfg = es_config(run.settings)
+    cfg = run.settings.es
     return {"alpha": cfg.alpha, "population": cfg.population_size, "iterations": run.iterations_through(run.stage),
-            "trained_params": trained_param_count(params, run.settings.es), "source": str(run.run_dir / "config.yaml"),
+            "trained_params": trained_param_count(params, cfg), "source": str(run.run_dir / "config.yaml"),
             "antithetic": cfg.antithetic, "shaping": cfg.shaping, "optimizer": cfg.optimizer}
 
 

@@ -15,12 +15,14 @@ from esjax import distributed
 from esjax.es.config import ESConfig
 from esjax.es.population import Rollout, make_rollout
 from esjax.es.update import ESState, init_state, update_state
+from esjax.method import Batch, ScoreFn, StepResult
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import Params
 from esjax.sampling import SamplingConfig
 
-# score_fn(tokens [K, T], lengths [K], finished [K], slot [K]) -> (rewards float [K] (NaN allowed), correct bool [K])
-ScoreFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+# Folded into the run key to derive the sampling keys, so that they differ from the noise keys (which fold the
+# iteration into the bare run key); any constant would do, this one is fixed so that runs replay exactly.
+SAMPLE_KEY_SALT = 0x5A3B
 
 
 class ESRunner(NamedTuple):
@@ -58,7 +60,7 @@ def es_init(runner: ESRunner, params: Params, run_key: jax.Array) -> ESState:
 
 
 def es_step(runner: ESRunner, state: ESState, tokens: np.ndarray, mask: np.ndarray,
-            score_fn: ScoreFn) -> tuple[ESState, dict[str, Any]]:
+            score_fn: ScoreFn) -> tuple[ESState, StepResult]:
     """One iteration: every member generates for the B prompts, rows are scored on the host, fitness_i = member i's
     mean reward over the prompts (NaN if any reward is NaN: shaping then ranks it worst), then the ES update.
     With ``group_baseline`` the fitness is the [N, B] matrix of per-prompt rewards instead (see ``shape_fitness``).
@@ -69,7 +71,7 @@ def es_step(runner: ESRunner, state: ESState, tokens: np.ndarray, mask: np.ndarr
     """
     n = runner.config.population_size
     t0 = time.perf_counter()
-    sample_key = jax.random.fold_in(jax.random.fold_in(state.run_key, 0x5A3B), state.iteration)
+    sample_key = jax.random.fold_in(jax.random.fold_in(state.run_key, SAMPLE_KEY_SALT), state.iteration)
     mesh = runner.replicated.mesh
     out = runner.rollout(state.params, state.run_key, state.iteration, distributed.replicate(tokens, mesh),
                          distributed.replicate(mask, mesh), sample_key)
@@ -94,29 +96,25 @@ def es_step(runner: ESRunner, state: ESState, tokens: np.ndarray, mask: np.ndarr
     count, rows = stats[:, 3].sum(), n * batch
     mean = stats[:, 1].sum() / count if count else float("nan")
     std = float(np.sqrt(max(stats[:, 2].sum() / count - mean ** 2, 0.0))) if count else float("nan")
-    return state, {
-        "reward_mean": float(mean), "reward_std": std,
-        "accuracy": float(stats[:, 4].sum() / rows), "completion_length": float(stats[:, 5].sum() / rows),
-        **{f"es/{k}": v for k, v in metrics.items()},
-        "time/rollout_s": t1 - t0, "time/score_s": t2 - t1, "time/update_s": t3 - t2,
-        "samples_per_iteration": n * batch,
-    }
+    return state, StepResult(float(mean), std, float(stats[:, 4].sum() / rows), {
+        "completion_length": float(stats[:, 5].sum() / rows), **{f"es/{k}": v for k, v in metrics.items()},
+        "time/rollout_s": t1 - t0, "time/score_s": t2 - t1, "time/update_s": t3 - t2})
 
 
 class ESMethod:
-    """ES behind the training loop's ``Method`` interface."""
+    """ES as an :class:`esjax.method.Method`: every member generates for the B prompts of each step."""
 
     def __init__(self, config: ESConfig, model: ModelConfig, sampling: SamplingConfig, mesh: Mesh, params: Params,
                  batch_shape: tuple[int, int]):
+        self.config = config
         self.runner = make_runner(config, model, sampling, mesh, params, batch_shape)
         self.samples_per_prompt = config.population_size
 
     def init(self, params: Params, key: jax.Array) -> ESState:
         return es_init(self.runner, params, key)
 
-    def step(self, state: ESState, tokens: np.ndarray, mask: np.ndarray, score_fn: ScoreFn,
-             iteration: int) -> tuple[ESState, dict[str, Any]]:
-        return es_step(self.runner, state, tokens, mask, score_fn)
+    def step(self, state: ESState, batch: Batch, score: ScoreFn) -> tuple[ESState, StepResult]:
+        return es_step(self.runner, state, batch.tokens, batch.mask, score)
 
     def params(self, state: ESState) -> Params:
         return state.params

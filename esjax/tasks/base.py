@@ -3,7 +3,7 @@
 A task owns named splits of examples (plain dicts), turns an example into a prompt (raw text, or a chat
 conversation rendered with the tokenizer's chat template), and scores a completion:
 ``task.reward(completion, example, truncated=False) -> (reward, parts)``. ``parts`` is a dict of floats that
-always holds ``"answer"`` (1.0 when the answer is correct); ``task.is_correct`` is the accuracy notion.
+always holds ``"answer"`` (1.0 when the answer is correct); ``task.correct(parts)`` is the accuracy notion.
 
 Rewards read untrusted model output: they never raise, never execute it, and run in linear time.
 """
@@ -111,9 +111,15 @@ class Task:
             return float(self.truncated_reward), parts
         return self.score(as_text(completion), example)
 
+    def correct(self, parts: Mapping[str, float]) -> bool:
+        """The accuracy notion, read from a completion's reward parts: the answer is correct (``"answer" >= 1``).
+
+        Scoring calls :meth:`reward` once per completion and derives correctness from its parts with this."""
+        return parts.get("answer", 0.0) >= 1.0
+
     def is_correct(self, completion: Any, example: Example, truncated: bool = False) -> bool:
-        """The accuracy notion: the answer is correct (``parts["answer"] >= 1``)."""
-        return self.reward(completion, example, truncated=truncated)[1].get("answer", 0.0) >= 1.0
+        """Whether a completion is correct (:meth:`correct` of its reward parts)."""
+        return self.correct(self.reward(completion, example, truncated=truncated)[1])
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} splits={list(self._splits)}>"

@@ -1,0 +1,212 @@
+"""The GRPO step over a ``"data"`` mesh: jitted rollout, host-side scoring, jitted loss + optax update.
+
+One step, as :func:`grpo_step` ties it together::
+
+    out = runner.rollout(state.params, rows, mask, sample_key(state))   # device: G completions per prompt
+    rewards, correct = score(completions, lengths, finished, prompt)     # host: the task's reward on the text
+    state, metrics = runner.train(state, rows, mask, out.tokens, rewards)   # device: loss, grads, update
+
+The batch (``K = B * G`` rows, the G completions of a prompt adjacent) is sharded along the mesh's ``"data"`` axis
+and the parameters are replicated over it; a second mesh axis ``"model"`` splits the parameters, their optimizer
+moments and master copy by the partition rules (tensor parallel, the compiler inserts the collectives). With
+several processes each one places and scores only its own rows, and one all-gather brings every process the K
+rewards (and the lengths and correctness for the metrics), so every process trains on the same batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from esjax import distributed
+from esjax.grpo.config import GRPOConfig
+from esjax.grpo.update import GRPOState, init_state, sample_key, train_on_rollout
+from esjax.method import Batch, ScoreFn, StepResult
+from esjax.models.config import ModelConfig
+from esjax.models.decoder import Params, param_shapes
+from esjax.sampling import GenerateOutput, SamplingConfig, generate
+
+Array = jax.Array
+PyTree = Any
+DATA_AXIS, MODEL_AXIS = "data", "model"
+
+
+def data_mesh(devices: Any = None) -> Mesh:
+    """A 1-D mesh over ``devices`` (default: all) with the ``"data"`` axis."""
+    devices = np.asarray(jax.devices() if devices is None else devices)
+    return Mesh(devices.reshape(-1), (DATA_AXIS,))
+
+
+def rollout(model_config: ModelConfig, sampling: SamplingConfig, params: Params, tokens: Array, mask: Array,
+            key: Array) -> GenerateOutput:
+    """Sample one completion per row of ``tokens`` [K, P] (prompts already repeated G times, consecutively).
+
+    Pure (jit with the configs static; :func:`make_runner` does, with the batch sharded over ``"data"``).
+    """
+    return generate(model_config, params, tokens, mask, key, sampling)
+
+
+class GRPORunner(NamedTuple):
+    """The jitted device parts of a GRPO step, bound to configs and a ``"data"`` mesh (see :func:`make_runner`).
+
+    ``rollout(params, tokens, mask, key) -> GenerateOutput`` and
+    ``train(state, prompt_tokens, prompt_mask, completions, rewards) -> (state, metrics)`` place their inputs
+    (params replicated, rows sharded) and call the jitted functions. ``train`` donates ``state``: arrays already
+    placed as it wants them (always so on a one-device mesh) are consumed, including the params handed to
+    :func:`init_state`; keep a copy of those if they are needed later.
+    """
+
+    config: GRPOConfig
+    model_config: ModelConfig
+    sampling: SamplingConfig
+    mesh: Mesh
+    rollout_fn: Callable[..., GenerateOutput]
+    train_fn: Callable[..., tuple[GRPOState, dict[str, Array]]]
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P())
+
+    @property
+    def sharded(self) -> NamedSharding:
+        return NamedSharding(self.mesh, P(DATA_AXIS))
+
+    @property
+    def data_devices(self) -> int:
+        return self.mesh.shape[DATA_AXIS]
+
+    def state_sharding(self, tree: PyTree) -> PyTree:
+        """Shardings of a params-like tree or a :class:`GRPOState` (replicated; split over ``"model"``)."""
+        return distributed.tree_shardings(self.mesh, tree, self.model_config)
+
+    def place_state(self, state: GRPOState) -> GRPOState:
+        return jax.tree.map(distributed.put_global, state, self.state_sharding(state))
+
+    def rollout(self, params: Params, tokens: Any, mask: Any, key: Array) -> GenerateOutput:
+        put = functools.partial(distributed.put_global, sharding=self.sharded)
+        return self.rollout_fn(self.place_state(params), put(tokens), put(mask),
+                               distributed.put_global(key, self.replicated))
+
+    def train(self, state: GRPOState, prompt_tokens: Any, prompt_mask: Any, completions: Any,
+              rewards: Any) -> tuple[GRPOState, dict[str, Array]]:
+        put = functools.partial(distributed.put_global, sharding=self.sharded)
+        return self.train_fn(self.place_state(state), put(prompt_tokens), put(prompt_mask),
+                             put(completions), put(rewards if isinstance(rewards, jax.Array) else
+                                                   np.asarray(rewards, np.float32)))
+
+
+def make_runner(config: GRPOConfig, model_config: ModelConfig, sampling: SamplingConfig, mesh: Mesh | None = None,
+                 *, compiler_options: Mapping[str, Any] | None = None) -> GRPORunner:
+    """Jit :func:`rollout` and :func:`train_on_rollout` for ``mesh`` (default: :func:`data_mesh` of all devices).
+
+    ``compiler_options``: XLA options for both programs, e.g. ``{"xla_backend_optimization_level": 0}`` halves
+    CPU compile time in tests.
+    """
+    if sampling.greedy:
+        raise ValueError("GRPO needs sampling (temperature > 0): greedy completions of a prompt are identical, "
+                         "so every advantage would be 0.")
+    mesh = data_mesh() if mesh is None else mesh
+    if mesh.axis_names not in ((DATA_AXIS,), (DATA_AXIS, MODEL_AXIS)):
+        raise ValueError(f"mesh axes must be ({DATA_AXIS!r},) or ({DATA_AXIS!r}, {MODEL_AXIS!r}) (see data_mesh, "
+                         f"esjax.distributed.build_mesh), got {mesh.axis_names}.")
+    config.validate(mesh.shape[DATA_AXIS])
+    repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
+    params_sharding = distributed.tree_shardings(mesh, param_shapes(model_config), model_config)
+    rollout_fn = jax.jit(functools.partial(rollout, model_config, sampling),
+                         in_shardings=(params_sharding, data, data, repl),
+                         out_shardings=GenerateOutput(data, data, data, data), compiler_options=compiler_options)
+    train = functools.partial(train_on_rollout, config, model_config, sampling)
+    compiled: dict[Any, Callable] = {}
+
+    def train_fn(state, *batch):  # jitted once per state structure, with the state's own shardings
+        key = jax.tree.structure(state)
+        if key not in compiled:
+            shardings = distributed.tree_shardings(mesh, state, model_config)
+            compiled[key] = jax.jit(train, donate_argnums=0, in_shardings=(shardings, data, data, data, data),
+                                    out_shardings=(shardings, repl), compiler_options=compiler_options)
+        return compiled[key](state, *batch)
+
+    return GRPORunner(config, model_config, sampling, mesh, rollout_fn, train_fn)
+
+
+def reward_metrics(rewards: np.ndarray, group_size: int) -> dict[str, float]:
+    """Host statistics of float rewards [K] (NaN = failed): mean, std (ddof=0), failures, flat groups."""
+    rewards = np.asarray(rewards, np.float64)
+    finite = np.isfinite(rewards)
+    groups = np.where(finite, rewards, np.nan).reshape(-1, group_size)
+    with warnings.catch_warnings():  # all-NaN groups
+        warnings.simplefilter("ignore", RuntimeWarning)
+        flat = np.nan_to_num(np.nanstd(groups, axis=1), nan=0.0) == 0
+    return {"reward_mean": float(np.mean(rewards[finite])) if finite.any() else float("nan"),
+            "reward_std": float(np.std(rewards[finite])) if finite.any() else float("nan"),
+            "nonfinite_rewards": float((~finite).sum()),
+            "frac_reward_zero_std": float(flat.mean())}
+
+
+def grpo_step(runner: GRPORunner, state: GRPOState, tokens: Any, mask: Any,
+              score: ScoreFn) -> tuple[GRPOState, StepResult]:
+    """Rollout, host scoring, training: one GRPO step (``num_iterations`` optimizer steps).
+
+    Args:
+        tokens, mask: int [B, P] left-padded prompts (the global batch, the same on every process); each is
+            repeated G times, consecutively, and each process places only its own devices' rows.
+        score: :data:`esjax.method.ScoreFn`, called with the R rows this process generated (all K = B * G with
+            one process); row ``r`` of the rollout answers prompt ``r // G``.
+
+    Returns:
+        ``(state, result)``: the donated-and-updated state and the step's :class:`StepResult`; its metrics are
+        ``grpo/``: nonfinite_rewards, frac_reward_zero_std, completion_length (mean tokens incl. EOS),
+        truncated_fraction, and the means over the optimizer steps of :func:`train_on_rollout`'s metrics.
+    """
+    g = runner.config.num_generations
+    rows_tokens, rows_mask = np.repeat(tokens, g, axis=0), np.repeat(mask, g, axis=0)
+    out = runner.rollout(state.params, rows_tokens, rows_mask, sample_key(state))
+    rows, (completions, lengths, finished) = distributed.addressable_rows(out.tokens, out.lengths, out.finished)
+    rewards, correct = score(completions, lengths, finished, rows // g)
+    rewards = np.asarray(rewards, np.float32).reshape(-1)
+    if rewards.shape != (completions.shape[0],):
+        raise ValueError(f"score must return {completions.shape[0]} rewards, got shape {rewards.shape}.")
+    local = np.stack([rewards, lengths, finished, np.asarray(correct, bool).reshape(-1)], axis=1)
+    table = distributed.gather_rows(rows, local.astype(np.float32), out.tokens.shape[0])  # [K, 4]
+    rewards = np.where(np.isfinite(table[:, 0]), table[:, 0], np.nan).astype(np.float32)  # +-inf: failed too
+    state, device_metrics = runner.train(state, rows_tokens, rows_mask, out.tokens, rewards)
+    metrics = reward_metrics(rewards, g)
+    reward_mean, reward_std = metrics.pop("reward_mean"), metrics.pop("reward_std")
+    metrics |= {"completion_length": float(table[:, 1].mean()), "truncated_fraction": float(1 - table[:, 2].mean())}
+    metrics |= {k: float(np.mean(distributed.to_host(v))) for k, v in device_metrics.items()}
+    accuracy = np.count_nonzero(table[:, 3]) / table.shape[0]
+    return state, StepResult(reward_mean, reward_std, float(accuracy),
+                             {f"grpo/{k}": v for k, v in metrics.items()})
+
+
+def grpo_init(runner: GRPORunner, params: Params, run_key: Array) -> GRPOState:
+    """The initial state on the runner's mesh (params replicated over ``"data"``, split over a model axis).
+
+    The state takes ``params`` without a copy and the train step donates it (see :func:`init_state`)."""
+    return runner.place_state(init_state(runner.config, params, run_key))
+
+
+class GRPOMethod:
+    """GRPO as an :class:`esjax.method.Method`: each step samples G completions for each of the B prompts,
+    scores them on the host and trains on them."""
+
+    def __init__(self, config: GRPOConfig, model: ModelConfig, sampling: SamplingConfig, mesh: Mesh, params: Params,
+                 batch_shape: tuple[int, int]):
+        self.config = config.validate(mesh.shape[DATA_AXIS], batch_shape[0] * config.num_generations)
+        self.runner = make_runner(config, model, sampling, mesh)
+        self.samples_per_prompt = config.num_generations
+
+    def init(self, params: Params, key: jax.Array) -> GRPOState:
+        return grpo_init(self.runner, params, key)
+
+    def step(self, state: GRPOState, batch: Batch, score: ScoreFn) -> tuple[GRPOState, StepResult]:
+        return grpo_step(self.runner, state, batch.tokens, batch.mask, score)
+
+    def params(self, state: GRPOState) -> Params:
+        return state.params

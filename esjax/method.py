@@ -1,0 +1,60 @@
+"""The interface the training loop drives ES and GRPO through, so that a comparison differs in the algorithm only.
+
+A method is built for one prompt-batch shape on one mesh and is used as::
+
+    state = method.init(params, key)                       # a pytree: params, optimizer state, keys, counters
+    state, result = method.step(state, batch, score)       # one iteration on the B prompts of ``batch``
+    method.params(state)                                   # the current model
+
+``score`` is the task's reward on the host, one signature for both methods (:data:`ScoreFn`): each process
+scores the rows it generated, and the step all-gathers what the update needs once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Protocol, TypeVar
+
+import jax
+import numpy as np
+
+from esjax.models.decoder import Params
+
+# score(tokens int32 [R, T], lengths int32 [R], finished bool [R], prompt int [R]) -> (rewards, correct):
+# R completions of this process, row r answering prompt ``prompt[r]`` of the batch; rewards float32 [R] (NaN: a
+# failed reward), correct bool [R] (the task's accuracy notion).
+ScoreFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+State = TypeVar("State")
+
+
+class Batch(NamedTuple):
+    """The prompts of one iteration, left-padded: the same global batch on every process."""
+
+    tokens: np.ndarray  # int32 [B, P]
+    mask: np.ndarray  # int32 [B, P]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepResult:
+    """What one step reports: the reward statistics every method has, and the method's own metrics."""
+
+    reward_mean: float  # mean finite reward over every completion of the step
+    reward_std: float
+    accuracy: float  # fraction of completions the task counts as correct
+    metrics: dict[str, float]  # e.g. "es/update_norm", "grpo/loss", "time/rollout_s"
+
+    def record(self) -> dict[str, float]:
+        """One flat dict, as written to ``metrics.jsonl``."""
+        return {"reward_mean": self.reward_mean, "reward_std": self.reward_std, "accuracy": self.accuracy,
+                **self.metrics}
+
+
+class Method(Protocol[State]):
+    """ES (:class:`esjax.es.step.ESMethod`) and GRPO (:class:`esjax.grpo.step.GRPOMethod`)."""
+
+    config: Any  # ESConfig / GRPOConfig
+    samples_per_prompt: int  # completions generated per prompt per step (N for ES, G for GRPO)
+
+    def init(self, params: Params, key: jax.Array) -> State: ...
+    def step(self, state: State, batch: Batch, score: ScoreFn) -> tuple[State, StepResult]: ...
+    def params(self, state: State) -> Params: ...
