@@ -85,6 +85,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     import time
 
     from esjax import distributed
+    from esjax.resume import resume_settings
     from esjax.settings import load_settings
     from esjax.train import train
     info = distributed.initialize()  # joins a multi-process run (env / SLURM / Cloud TPU); no-op otherwise
@@ -92,9 +93,15 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise UsageError("--resume needs --out DIR (the run directory to continue)")
     if info.num_processes > 1 and not args.out:
         raise UsageError("a multi-process run needs --out DIR, one directory on a filesystem all hosts share")
-    settings = load_settings(args.config, args.set)
+    if args.allow_changes and not args.resume:
+        raise UsageError("--allow-changes applies to --resume only")
+    changes = {}
+    if args.resume:
+        settings, changes = resume_settings(args.out, args.config, args.set, args.allow_changes, args.trust_task_file)
+    else:
+        settings = load_settings(args.config, args.set)
     out = args.out or f"runs/{Path(args.config).stem if args.config else 'run'}-{time.strftime('%Y%m%d-%H%M%S')}"
-    summary = train(settings, out, resume=args.resume, progress=not args.no_progress)
+    summary = train(settings, out, resume=args.resume, progress=not args.no_progress, changes=changes)
     if distributed.is_main_process():
         _print_summary(summary)
 
@@ -160,7 +167,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from esjax.train import train
     if args.resume and not args.out:
         raise UsageError("--resume needs --out DIR (the demo run directory to continue)")
-    settings = load_settings(DEMO_CONFIG, args.set)
+    if args.resume:
+        from esjax.resume import resume_settings
+        settings, _ = resume_settings(args.out, DEMO_CONFIG, args.set)
+    else:
+        settings = load_settings(DEMO_CONFIG, args.set)
     out = args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
     es = settings.es
     print(f"esjax demo: ES fine-tuning of the embedded tiny model (330k params) on Countdown, on CPU\n"
@@ -216,7 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", default=None, metavar="CONFIG", help="YAML file (configs/*.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. es.sigma=0.002")
     p.add_argument("--out", default=None, metavar="DIR", help="run directory (default runs/<config>-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint, with its saved settings (config.yaml)")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: apply CONFIG/--set settings that differ from the saved ones (recorded in "
+                        "settings_history.jsonl)")
+    p.add_argument("--trust-task-file", action="store_true",
+                   help="with --resume and no CONFIG: import the Python task file the run's config.yaml names")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
 

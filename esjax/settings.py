@@ -246,7 +246,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
         parts = key.strip().split(".")
         node = data
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # absent or null (e.g. a saved "task: null"): a new mapping
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise SettingsError(f"--set {key}: '{part}' is not a mapping")
         node[parts[-1]] = parse_yaml(raw, f"--set {key}") if raw.strip() else None

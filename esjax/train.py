@@ -10,7 +10,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -25,6 +25,7 @@ from esjax.method import Batch, Method, ScoreFn
 from esjax.metrics import MetricsLogger
 from esjax.models import load_model, save_model
 from esjax.models.decoder import Params
+from esjax.resume import record_changes
 from esjax.scoring import score_rows
 from esjax.settings import RunSettings, TaskSettings, resolve, save_settings
 
@@ -122,9 +123,12 @@ class Run:
     """A training run in ``out_dir``; :meth:`run` trains to the end (resuming from the last checkpoint if asked)."""
 
     def __init__(self, settings: RunSettings, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, changes: Mapping[str, tuple[Any, Any]] | None = None):
+        """``changes``: on resume, how ``settings`` differ from the saved ones (:func:`esjax.resume.resume_settings`);
+        recorded in the run directory once the saved state is restored."""
         settings = settings if settings.mesh is not None else resolve(settings)
         self.settings, self.out_dir, self.progress = settings, Path(out_dir), progress
+        self.changes = dict(changes or {})
         self.log = log if distributed.is_main_process() else (lambda _: None)
         # everything is checked (run directory, model, tokenizer, tasks) before the run directory is written, so a
         # failed start leaves nothing behind that would block the corrected command
@@ -195,6 +199,11 @@ class Run:
             self.log(f"resuming {self.out_dir} at iteration {start}/{total}")
         logger = MetricsLogger(self.out_dir, records)
         samples = records[-1].get("samples", 0) if records else 0
+        if self.changes:  # the state restored into these settings: record the change from this iteration on
+            if distributed.is_main_process():
+                record_changes(self.out_dir, s, self.changes, start)
+            logger.log(start, {"settings_changed": sorted(self.changes), "samples": samples})
+            self.log(f"settings changed from iteration {start}: {', '.join(sorted(self.changes))}")
         bar = self._progress(total, start)
         try:
             for it in range(start, total):
@@ -299,6 +308,8 @@ class Run:
         return summary
 
 
-def train(settings: RunSettings, out_dir: str | Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train to the end of the configured budget; returns a summary (run dir, accuracies, plots)."""
-    return Run(settings, out_dir, resume=resume, progress=progress).run()
+def train(settings: RunSettings, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
+          changes: Mapping[str, tuple[Any, Any]] | None = None) -> dict[str, Any]:
+    """Train to the end of the configured budget; returns a summary (run dir, accuracies, plots). ``changes``: see
+    :class:`Run`."""
+    return Run(settings, out_dir, resume=resume, progress=progress, changes=changes).run()

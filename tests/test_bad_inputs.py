@@ -44,6 +44,21 @@ class Ctx:
         path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
         return str(path)
 
+    def run_dir(self, *sets: str, done: int = 2, config: str | None = None) -> str:
+        """A run directory as a started run leaves it: config.yaml and a finished checkpoint at ``done``."""
+        from esjax.settings import load_settings, save_settings
+        run = self.tmp / "run"
+        (run / "checkpoints" / str(done)).mkdir(parents=True)
+        if config is None:
+            save_settings(load_settings(None, [f"model.path={self.model}", "train.devices=1", *sets]), run / "config.yaml")
+        else:
+            (run / "config.yaml").write_text(config)
+        return str(run)
+
+    def resume(self, *sets: str, **run) -> list[str]:
+        return ["train", "--out", self.run_dir(**run), "--resume", "--no-progress",
+                *(a for s in sets for a in ("--set", s))]
+
     def train(self, *sets: str, model: str | None = None) -> list[str]:
         base = [f"model.path={model or self.model}", "train.devices=1", TINY_TASK, "task.eval_limit=2",
                 "train.iterations=2", "train.prompts_per_iteration=2", "sampling.max_new_tokens=4",
@@ -303,6 +318,18 @@ COMMAND_CASES = [
     ("train:prompt-past-max-positions", lambda c: c.train("sampling.max_new_tokens=600"), "max_position_embeddings"),
     ("train:resume-without-out", lambda c: ["train", "--resume"], "--out"),
     ("train:resume-nothing", lambda c: [*c.train(), "--resume"], "nothing to resume"),
+    ("train:resume-changed-setting", lambda c: c.resume("es.sigma=0.5"), "es.sigma"),
+    ("train:resume-changed-seed-and-limit", lambda c: c.resume("train.seed=4", "task.eval_limit=3"), "train.seed"),
+    ("train:resume-budget-below-done", lambda c: c.resume("train.iterations=1", done=2), "train.iterations"),
+    ("train:resume-other-config", lambda c: [*c.resume(), c.file("c.yaml", "method: grpo\n")], "method"),
+    ("train:resume-broken-config", lambda c: c.resume(config="train: [1,\n"), "config.yaml:2:1"),
+    ("train:resume-bad-saved-setting", lambda c: c.resume(config="train: {iterations: 0}\n"), "train.iterations"),
+    ("train:resume-changed-task-file", lambda c: c.resume(f"task.file={c.tmp / 'evil.py'}"), "task.file"),
+    ("train:resume-saved-task-file", lambda c: c.resume(done=2, config=f"task: {{name: x, file: {c.tmp}/e.py}}\n"),
+     "--trust-task-file"),
+    ("train:allow-changes-without-resume", lambda c: [*c.train(), "--allow-changes"], "--allow-changes"),
+    ("demo:resume-changed-setting", lambda c: ["demo", "--out", c.run_dir(), "--resume", "--set", "es.sigma=0.5"],
+     "es.sigma"),
     ("train:out-is-file", lambda c: ["train", "--out", c.file("f.txt", "x"), "--set", "train.iterations=1"],
      "f.txt"),
     # demo
