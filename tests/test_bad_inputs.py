@@ -19,6 +19,8 @@ from typing import Callable
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from esjax.cli import main
 from esjax.models.safetensors_io import iter_tensors
@@ -367,6 +369,17 @@ COMMAND_CASES = [
     ("analyze:out-is-file", lambda c: ["analyze", "--base", str(c.model), "--model", f"a={c.model}", "--tasks",
                                        "conciseness", "--out", c.file("f.txt", "x")], "f.txt"),
     ("analyze:unknown-section-flag", _analyze("--bogus"), "--bogus"),
+    # data prepare
+    ("data:unknown-task", lambda c: ["data", "prepare", "countdwn", "--out", str(c.out)], "countdwn"),
+    ("data:train-size-0", lambda c: ["data", "prepare", "math", "--out", str(c.out), "--train-size", "0",
+                                     "--from", c.file("m.jsonl", "{}\n")], "--train-size"),
+    ("data:countdown-without-from", lambda c: ["data", "prepare", "countdown", "--out", str(c.out)], "--from"),
+    ("data:from-missing", lambda c: ["data", "prepare", "countdown", "--out", str(c.out), "--from",
+                                     str(c.tmp / "nope.json")], "nope.json"),
+    ("data:from-not-json", lambda c: ["data", "prepare", "countdown", "--out", str(c.out), "--from",
+                                      c.file("cd.json", "[{oops")], "cd.json"),
+    ("data:from-unknown-split", lambda c: ["data", "prepare", "boolq", "--out", str(c.out), "--from",
+                                           f"dev={c.file('b.jsonl', '{}')}"], "dev"),
     ("esjax:unknown-command", lambda c: ["frobnicate"], "frobnicate"),
 ]
 
@@ -426,3 +439,28 @@ def test_the_esjax_script_gives_the_same_one_line(tmp_path, argv, needle):
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, proc.stderr[-3000:]
     assert needle in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def _setting_keys() -> list[str]:
+    from esjax.resume import flatten
+    from esjax.settings import load_settings, to_dict
+    keys = set(flatten(to_dict(load_settings(None, ["task.name=countdown_procedural"]))))
+    return sorted(keys | {"es.sigma", "es.alpha", "es.population_size", "es.noise", "es.rank", "es.optimizer",
+                          "grpo.num_generations", "grpo.learning_rate", "grpo.beta", "method", "stages",
+                          "task.options", "es", "grpo", "train", "task"})
+
+
+ODD_VALUES = ["0", "-1", "-3", "2.5", "1e309", "-.inf", ".nan", "x", "''", "null", "true", "[]", "[1, -2]", "{}",
+              "{a: 1}", str(10 ** 30), "'1e-3'", "[[1]]", "{name: 3}"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(_setting_keys()), st.sampled_from(ODD_VALUES)), min_size=1, max_size=3))
+def test_any_setting_value_loads_or_is_one_settings_error(pairs):
+    """Odd values for every settings key: the settings load, or a SettingsError names the problem on one line
+    (never another exception, never a traceback)."""
+    from esjax.settings import SettingsError, load_settings
+    try:
+        load_settings(None, [f"{k}={v}" for k, v in pairs])
+    except SettingsError as e:
+        assert "\n" not in str(e) and str(e)
