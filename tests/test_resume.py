@@ -69,6 +69,7 @@ def test_a_saved_task_file_is_imported_only_when_trusted(tmp_path):
     assert resume_settings(run, trust_task_files=True)[1] == {}
 
 
+@pytest.mark.slow
 def test_cli_resume_extends_refuses_and_records(qwen2_dir, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--out", str(run), "--no-progress", *sets(*tiny(qwen2_dir, 4))]) == 0
