@@ -101,12 +101,25 @@ def resume_settings(run_dir: str | Path, config: str | Path | None = None, overr
     if total_iterations(settings) < done:
         raise ResumeError(f"{run_dir}: {_describe({k: v for k, v in changes.items() if _is_budget(k)})} ends "
                           f"before the {done} iterations this run has done")
+    if any(_is_budget(k) for k in changes):
+        _check_schedule_covers(run_dir, settings)
     refused = {k: v for k, v in changes.items() if not _is_budget(k)}
     if refused and not allow_changes:
         raise ResumeError(f"{run_dir}: these settings differ from the run's {CONFIG_FILE}: {_describe(refused)}; "
                           f"resume without CONFIG/--set, or pass --allow-changes to apply them (recorded in "
                           f"{HISTORY_FILE})")
     return settings, changes
+
+
+def _check_schedule_covers(run_dir: Path, settings: RunSettings) -> None:
+    """A decaying step-size schedule saved with the run's old length must not end before a grown budget (the
+    extra iterations would take steps of size 0)."""
+    cfg, method = settings.method_config, settings.method
+    schedule = cfg.alpha_schedule if method == "es" else cfg.lr_schedule
+    steps = total_iterations(settings) * getattr(cfg, "num_iterations", 1)
+    if schedule != "constant" and cfg.total_steps is not None and cfg.total_steps < steps:
+        raise ResumeError(f"{run_dir}: the {schedule} schedule ends at {method}.total_steps={cfg.total_steps}, "
+                          f"before the new budget of {steps} steps; set {method}.total_steps too (--allow-changes)")
 
 
 def record_changes(run_dir: str | Path, settings: RunSettings, changes: Mapping[str, tuple[Any, Any]],

@@ -36,6 +36,7 @@ def sets(*overrides):
 def fake_run(tmp_path, overrides, done):
     """A run directory with config.yaml and a finished checkpoint at iteration ``done`` (no training)."""
     run = tmp_path / "run"
+    run.parent.mkdir(exist_ok=True)
     (run / "checkpoints" / str(done)).mkdir(parents=True)
     save_settings(load_settings(None, overrides), run / "config.yaml")
     return run
@@ -49,11 +50,16 @@ def test_resume_settings_rules(tmp_path):
     with pytest.raises(ResumeError, match=r"es.sigma \(0.01 -> 0.02\), train.seed \(0 -> 3\); .*--allow-changes"):
         resume_settings(run, None, ["es.sigma=0.02", "train.seed=3"])
     settings, changes = resume_settings(run, None, ["es.sigma=0.02"], allow_changes=True)
-    assert settings.es["sigma"] == 0.02 and changes == {"es.sigma": (0.01, 0.02)}
+    assert settings.es.sigma == 0.02 and changes == {"es.sigma": (0.01, 0.02)}
     settings, changes = resume_settings(run, None, ["train.iterations=12"])  # a longer budget needs no flag
     assert settings.train.iterations == 12 and changes == {"train.iterations": (8, 12)}
     with pytest.raises(ResumeError, match=r"train.iterations \(8 -> 4\) ends before the 6 iterations"):
         resume_settings(run, None, ["train.iterations=4"], allow_changes=True)
+    cosine = fake_run(tmp_path / "cosine", ["train.iterations=8", "es.alpha_schedule=cosine", "train.devices=1"], 6)
+    with pytest.raises(ResumeError, match=r"ends at es.total_steps=8, before the new budget of 12 steps"):
+        resume_settings(cosine, None, ["train.iterations=12"])
+    settings, changes = resume_settings(cosine, None, ["train.iterations=12", "es.total_steps=12"], allow_changes=True)
+    assert settings.es.total_steps == 12 and set(changes) == {"train.iterations", "es.total_steps"}
     config = tmp_path / "c.yaml"
     config.write_text("train: {iterations: 8, devices: 1}\nes: {sigma: 0.01}\nmethod: grpo\n")
     with pytest.raises(ResumeError, match=r"method \(\"es\" -> \"grpo\"\)"):
@@ -94,7 +100,7 @@ def test_cli_resume_extends_refuses_and_records(qwen2_dir, tmp_path, capsys):
         assert err.count("\n") == 1 and "the saved training state does not match" in err and "Traceback" not in err
     assert (run / "config.yaml").read_text() == before and len(read_history(run)) == 1  # nothing recorded
     assert main([*resume, "--allow-changes", *sets("es.sigma=0.05", "train.iterations=8")]) == 0
-    assert load_settings(run / "config.yaml").es["sigma"] == 0.05
+    assert load_settings(run / "config.yaml").es.sigma == 0.05
     assert read_history(run)[-1]["iteration"] == 6 and read_history(run)[-1]["changes"] == {
         "es.sigma": [0.02, 0.05], "train.iterations": [6, 8]}
     assert (run / HISTORY_FILE).read_text().count("\n") == 2
