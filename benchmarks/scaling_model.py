@@ -337,6 +337,7 @@ def _multiprocess_worker(repeats: int) -> None:
     from esjax.es import ESConfig
     from esjax.es.step import es_init, es_step, make_runner
     from esjax.models import init_params
+    from esjax.models.sharding import shard_tree
     from esjax.sampling import SamplingConfig
 
     def best(fn):
@@ -358,7 +359,7 @@ def _multiprocess_worker(repeats: int) -> None:
     es = ESConfig(population_size=16, sigma=0.05, alpha=0.01)
     runner = make_runner(es, config, SamplingConfig(max_new_tokens=32, pad_token_id=1),
                          distributed.build_mesh({"population": -1}), params, tokens.shape)
-    state = es_init(runner, distributed.shard_tree(params, runner.replicated.mesh), jax.random.key(1))
+    state = es_init(runner, shard_tree(params, runner.replicated.mesh), jax.random.key(1))
     score = lambda t, n, f, s: (((t.astype(np.int64) * np.arange(1, t.shape[1] + 1)).sum(1) % 17 / 16.0  # noqa: E731
                                  ).astype(np.float32),) * 2
     state, _ = es_step(runner, state, tokens, np.ones_like(tokens), score)

@@ -25,9 +25,15 @@ from esjax.method import Batch, Method, ScoreFn
 from esjax.metrics import MetricsLogger
 from esjax.models import load_model, save_model
 from esjax.models.decoder import Params
+from esjax.models.sharding import param_shardings
 from esjax.resume import record_changes
 from esjax.scoring import score_rows
 from esjax.settings import RunSettings, TaskSettings, resolve, save_settings
+
+
+# Process 0's verdict on the run directory travels to the others as a fixed-size byte buffer (a broadcast needs the
+# same shape on every process); longer messages are cut, and any real one is a line or two.
+ERROR_BYTES = 4000
 
 
 class RunDirError(ValueError):
@@ -113,7 +119,7 @@ def _prepare_run_dir_once(out_dir: Path, settings: RunSettings, resume: bool, cr
             prepare_run_dir(out_dir, settings, resume, create)
         except RunDirError as e:
             error = str(e)
-    code = np.frombuffer(error.encode()[:4000].ljust(4000, b"\0"), np.uint8)
+    code = np.frombuffer(error.encode()[:ERROR_BYTES].ljust(ERROR_BYTES, b"\0"), np.uint8)
     message = bytes(distributed.broadcast_from_main(code)).rstrip(b"\0").decode(errors="replace")
     if message:
         raise RunDirError(message)
@@ -137,7 +143,7 @@ class Run:
         self.mesh = settings.mesh.build()
         # params are born on the mesh: replicated over population/data, split over "model" by the partition rules
         model = load_model(resolve_model_path(settings.model.path), dtype=settings.model.dtype,
-                           sharding=lambda config: distributed.param_shardings(self.mesh, config))
+                           sharding=lambda config: param_shardings(self.mesh, config))
         if model.tokenizer_dir is None:
             raise RunDirError(f"{settings.model.path}: the model has no tokenizer files")
         from esjax.tokenizer import load_tokenizer

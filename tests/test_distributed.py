@@ -8,7 +8,7 @@ import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from esjax import distributed
-from esjax.distributed import ClusterSpec, build_mesh, cluster_from_env, first_slurm_host, partition_spec
+from esjax.distributed import ClusterSpec, build_mesh, cluster_from_env, first_slurm_host
 from esjax.es import ESConfig
 from esjax.es.noise import lowrank_factors, lowrank_perturb, member_noise, perturb
 from esjax.es.population import population_mesh
@@ -16,6 +16,8 @@ from esjax.es.step import es_init, es_step, make_runner
 from esjax import grpo
 from esjax.grpo import GRPOConfig, data_mesh, grpo_step
 from esjax.models import config_from_hf, forward_jit, init_params, param_shapes
+from esjax.models.sharding import (UnmatchedLeafError, leaf_path, param_specs, partition_spec, shard_tree,
+                                   tree_shardings)
 from esjax.sampling import SamplingConfig, pad_prompts
 from esjax.settings import MeshPlan, SettingsError, load_settings
 
@@ -88,23 +90,27 @@ def test_build_mesh_and_the_run_mesh_plan():
 
 
 def test_partition_rules():
-    specs = distributed.param_specs(param_shapes(QWEN2), 2, QWEN2)
+    specs = param_specs(param_shapes(QWEN2), 2, QWEN2)
     want = {"embed_tokens/embedding": P("model", None), "norm/scale": P(),
             "layers_0/self_attn/q_proj/kernel": P(None, "model"), "layers_0/self_attn/q_proj/bias": P("model"),
             "layers_0/self_attn/k_proj/kernel": P(None, "model"), "layers_0/self_attn/o_proj/kernel": P("model", None),
             "layers_0/mlp/gate_proj/kernel": P(None, "model"), "layers_0/mlp/up_proj/kernel": P(None, "model"),
             "layers_0/mlp/down_proj/kernel": P("model", None), "layers_0/input_layernorm/scale": P()}
-    flat = {distributed.leaf_path(p): s for p, s in
+    flat = {leaf_path(p): s for p, s in
             jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: isinstance(x, P))[0]}
     assert {k: flat[k] for k in want} == want
     # one KV head cannot be split over 2 devices: k/v replicated, q still split by heads; untied head by vocab
-    llama = distributed.param_specs(param_shapes(LLAMA), 2, LLAMA)
+    llama = param_specs(param_shapes(LLAMA), 2, LLAMA)
     assert _leaf(llama, ("layers_0", "self_attn", "k_proj", "kernel")) == P()
     assert _leaf(llama, Q_KERNEL) == P(None, "model")
     assert llama["lm_head"]["kernel"] == P(None, "model")
     assert partition_spec("layers_0/mlp/up_proj/kernel", (32, 66), 4) == P()  # 66 columns do not split in 4
     assert partition_spec("opt_state/0/mu/layers_3/mlp/down_proj/kernel", (64, 32), 2) == P("model", None)
     assert partition_spec("layers_0/mlp/down_proj/kernel", (64, 32), 1) == P()
+    assert partition_spec("layers_0/mlp/down_proj/bias", (32,), 2) == P()  # an unnamed vector: replicated
+    with pytest.raises(UnmatchedLeafError, match="layers_0/mlp/new_proj/kernel"):  # an unnamed matrix: an error
+        partition_spec("layers_0/mlp/new_proj/kernel", (64, 32), 2)
+    assert partition_spec("layers_0/mlp/new_proj/kernel", (64, 32), 1) == P()  # no model axis: nothing to decide
 
 
 # -------------------------------------------------------------------------------------- sharded seed replay
@@ -114,7 +120,7 @@ def test_sharded_noise_equals_unsharded_noise():
     whole = np.asarray(jax.random.normal(key, (64, 48), jnp.float32))
     for shape, spec in [((4, 2), P(None, "model")), ((2, 4), P("model", None)), ((1, 8), P(None, "model"))]:
         mesh = build_mesh([("population", shape[0]), ("model", shape[1])])
-        noise = distributed.sharded_normal(key, (64, 48), NamedSharding(mesh, spec))
+        noise = jax.jit(lambda k: jax.random.normal(k, (64, 48)), out_shardings=NamedSharding(mesh, spec))(key)
         assert noise.sharding.spec == spec and noise.addressable_shards[0].data.shape != (64, 48)
         assert np.array_equal(np.asarray(noise), whole)
     # each device draws only its own block: the partitioned program's random-bit op has the shard's shape
@@ -131,9 +137,9 @@ def test_member_noise_of_model_sharded_params_equals_unsharded(noise):
     es = ESConfig(population_size=8, sigma=0.1, noise=noise, rank=2, antithetic=True)
     params = jax.device_put(_params(QWEN2), jax.devices()[0])
     mesh = build_mesh({"population": 2, "model": 4})
-    sharded = distributed.shard_tree(params, mesh, QWEN2)
+    sharded = shard_tree(params, mesh, QWEN2)
     assert _leaf(sharded, Q_KERNEL).sharding.spec == P(None, "model")
-    shardings = distributed.tree_shardings(mesh, params, QWEN2)
+    shardings = tree_shardings(mesh, params, QWEN2)
     key = jax.random.key(1)
 
     def replay(p):  # the drawn noise (eps or low-rank factors), the perturbed params, the materialised noise
@@ -158,7 +164,7 @@ def test_model_axis_forward_equals_unsharded(config, models):
     params = jax.device_put(_params(config, seed=1), jax.devices()[0])
     want = np.asarray(forward_jit(config, params, TOKENS, MASK))
     for model in models:
-        sharded = distributed.shard_tree(params, build_mesh({"population": -1, "model": model}), config)
+        sharded = shard_tree(params, build_mesh({"population": -1, "model": model}), config)
         got = forward_jit(config, sharded, TOKENS, MASK)
         np.testing.assert_allclose(np.asarray(got), want, atol=2e-5, rtol=1e-5)
 
@@ -219,17 +225,15 @@ def test_grpo_step_model_axis_2_equals_model_axis_1():
 # --------------------------------------------------------------------------------------- host <-> devices
 def test_row_helpers_one_process():
     mesh = build_mesh({"data": 4, "model": 2})
-    rows = distributed.rows_sharding(mesh, "data")
+    rows = NamedSharding(mesh, P("data"))  # split over "data", each row on the 2 devices of its model group
     host = np.arange(24, dtype=np.float32).reshape(8, 3)
-    assert distributed.local_row_range(rows, host.shape) == (0, 8)
-    x = distributed.put_rows(host, rows, host.shape, 0)
+    x = distributed.put_global(host, rows)
     ids, (back,) = distributed.addressable_rows(x)
     assert ids.tolist() == list(range(8)) and np.array_equal(back, host)
     assert np.array_equal(distributed.gather_rows(ids[::-1], back[::-1], 8), host)
     assert np.array_equal(np.asarray(distributed.put_global(host, rows)), host)
     key = distributed.put_global(jax.random.key(3), NamedSharding(mesh, P()))
     assert np.array_equal(jax.random.key_data(key), jax.random.key_data(jax.random.key(3)))
-    assert [distributed.process_slice(10, p, 3) for p in range(3)] == [slice(0, 4), slice(4, 7), slice(7, 10)]
     assert distributed.allgather(np.float64(0.1)).tolist() == [0.1]
     with pytest.raises(ValueError, match="missing"):
         distributed.gather_rows(np.arange(3), np.zeros(3), 4)

@@ -81,13 +81,14 @@ def checkpoint_round_trip(out):
     from esjax import distributed
     from esjax.checkpoint import RunCheckpoints
     from esjax.models import config_from_hf, init_params, load_model, save_model
+    from esjax.models.sharding import param_shardings, shard_tree
 
     config = config_from_hf(dict(model_type="qwen2", vocab_size=64, hidden_size=32, intermediate_size=64,
                                  num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
                                  tie_word_embeddings=True, eos_token_id=0))
     mesh = distributed.build_mesh({"population": -1, "model": 2})
     host = init_params(config, jax.random.key(3))
-    params = distributed.shard_tree(jax.device_get(host), mesh, config)
+    params = shard_tree(jax.device_get(host), mesh, config)
     state = {"params": params, "step": distributed.replicate(np.int32(7), mesh),
              "key": distributed.replicate(jax.random.key(5), mesh)}
     checkpoints = RunCheckpoints(Path(out) / "ckpt", keep=1)
@@ -104,7 +105,7 @@ def checkpoint_round_trip(out):
         for sa, sb in zip(a.addressable_shards, b.addressable_shards):
             assert np.array_equal(np.asarray(sa.data), np.asarray(sb.data))
     saved = save_model(Path(out) / "model", config, params, overwrite=True)
-    loaded = load_model(saved, sharding=lambda c: distributed.param_shardings(mesh, c)).params
+    loaded = load_model(saved, sharding=lambda c: param_shardings(mesh, c)).params
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
         assert a.sharding == b.sharding
         for sa, sb in zip(a.addressable_shards, b.addressable_shards):

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
+from esjax.distributed.mesh import MODEL_AXIS, POPULATION_AXIS
 from esjax.es.config import ESConfig
 from esjax.es.noise import FROZEN, FULL, leaf_plan, lowrank_perturb, perturb
 from esjax.models.config import ModelConfig
@@ -24,7 +25,11 @@ from esjax.models.decoder import Params
 from esjax.sampling import GenerateOutput, Population, SamplingConfig, generate
 
 Array = jax.Array
-POPULATION_AXIS, MODEL_AXIS = "population", "model"
+# Members decoded at once on one device ("auto" population_chunk): on CPU, host memory has no XLA limit to read, so
+# the perturbed copies are kept to about 1 GiB; on an accelerator they may use this share of the memory the device
+# reports, the rest staying free for XLA's temporaries (activations, logits) and fragmentation.
+CPU_MEMBER_BYTES = 1 << 30
+ACCELERATOR_MEMORY_SHARE = 0.8
 
 
 def _strip_none(tree: Any) -> Any:
@@ -97,10 +102,11 @@ def local_chunk(es: ESConfig, local_members: int, param_bytes: int, member_bytes
     divisors = [c for c in range(local_members, 0, -1) if local_members % c == 0]
     stats = jax.local_devices()[0].memory_stats() or {}
     limit = stats.get("bytes_limit")
-    if not limit:  # CPU: host memory; keep perturbed copies to ~1 GiB
-        fits = (1 << 30) // max(1, param_bytes)
+    if not limit:  # CPU: host memory
+        fits = CPU_MEMBER_BYTES // max(1, param_bytes)
     else:
-        fits = int((0.8 * limit - stats.get("bytes_in_use", 0)) // max(1, param_bytes + member_bytes))
+        fits = int((ACCELERATOR_MEMORY_SHARE * limit - stats.get("bytes_in_use", 0))
+                   // max(1, param_bytes + member_bytes))
     return next((c for c in divisors if c <= fits), 1)
 
 
@@ -144,7 +150,7 @@ def make_rollout(es: ESConfig, model: ModelConfig, sampling: SamplingConfig, mes
     stays sharded along members, so each process reads back only the completions of its own devices' members.
     A ``model`` axis, if the mesh has one, is left to the compiler: ``shard_map`` is manual over the population
     axis only (``axis_names``), so inside a member group the params keep their model sharding (tensor parallel,
-    see :mod:`esjax.distributed`) and each population shard's decode loop still stops on its own.
+    see :mod:`esjax.models.sharding`) and each population shard's decode loop still stops on its own.
     """
     n_dev = mesh.shape[POPULATION_AXIS]
     es.validate(n_dev)

@@ -18,6 +18,7 @@ from esjax.es.update import ESState, init_state, update_state
 from esjax.method import Batch, ScoreFn, StepResult
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import Params
+from esjax.models.sharding import tree_shardings
 from esjax.sampling import SamplingConfig
 
 # Folded into the run key to derive the sampling keys, so that they differ from the noise keys (which fold the
@@ -42,7 +43,7 @@ def make_runner(config: ESConfig, model: ModelConfig, sampling: SamplingConfig, 
     rollout = make_rollout(config, model, sampling, mesh, params, batch_shape)
     replicated = NamedSharding(mesh, P())
     shapes = jax.eval_shape(lambda p: init_state(config, p, jax.random.key(0)), params)
-    state_sharding = distributed.tree_shardings(mesh, shapes, model)
+    state_sharding = tree_shardings(mesh, shapes, model)
     update = jax.jit(functools.partial(update_state, config), donate_argnums=0,
                      out_shardings=(state_sharding, replicated))
     return ESRunner(config, rollout, update, replicated, state_sharding)

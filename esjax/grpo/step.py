@@ -8,7 +8,7 @@ One step, as :func:`grpo_step` ties it together::
 
 The batch (``K = B * G`` rows, the G completions of a prompt adjacent) is sharded along the mesh's ``"data"`` axis
 and the parameters are replicated over it; a second mesh axis ``"model"`` splits the parameters, their optimizer
-moments and master copy by the partition rules (tensor parallel, the compiler inserts the collectives). With
+moments and master copy by :mod:`esjax.models.sharding` (tensor parallel, the compiler inserts the collectives). With
 several processes each one places and scores only its own rows, and one all-gather brings every process the K
 rewards (and the lengths and correctness for the metrics), so every process trains on the same batch.
 """
@@ -25,16 +25,17 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from esjax import distributed
+from esjax.distributed.mesh import DATA_AXIS, MODEL_AXIS
 from esjax.grpo.config import GRPOConfig
 from esjax.grpo.update import GRPOState, init_state, sample_key, train_on_rollout
 from esjax.method import Batch, ScoreFn, StepResult
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import Params, param_shapes
+from esjax.models.sharding import tree_shardings
 from esjax.sampling import GenerateOutput, SamplingConfig, generate
 
 Array = jax.Array
 PyTree = Any
-DATA_AXIS, MODEL_AXIS = "data", "model"
 
 
 def data_mesh(devices: Any = None) -> Mesh:
@@ -83,7 +84,7 @@ class GRPORunner(NamedTuple):
 
     def state_sharding(self, tree: PyTree) -> PyTree:
         """Shardings of a params-like tree or a :class:`GRPOState` (replicated; split over ``"model"``)."""
-        return distributed.tree_shardings(self.mesh, tree, self.model_config)
+        return tree_shardings(self.mesh, tree, self.model_config)
 
     def place_state(self, state: GRPOState) -> GRPOState:
         return jax.tree.map(distributed.put_global, state, self.state_sharding(state))
@@ -117,7 +118,7 @@ def make_runner(config: GRPOConfig, model_config: ModelConfig, sampling: Samplin
                          f"esjax.distributed.build_mesh), got {mesh.axis_names}.")
     config.validate(mesh.shape[DATA_AXIS])
     repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
-    params_sharding = distributed.tree_shardings(mesh, param_shapes(model_config), model_config)
+    params_sharding = tree_shardings(mesh, param_shapes(model_config), model_config)
     rollout_fn = jax.jit(functools.partial(rollout, model_config, sampling),
                          in_shardings=(params_sharding, data, data, repl),
                          out_shardings=GenerateOutput(data, data, data, data), compiler_options=compiler_options)
@@ -127,7 +128,7 @@ def make_runner(config: GRPOConfig, model_config: ModelConfig, sampling: Samplin
     def train_fn(state, *batch):  # jitted once per state structure, with the state's own shardings
         key = jax.tree.structure(state)
         if key not in compiled:
-            shardings = distributed.tree_shardings(mesh, state, model_config)
+            shardings = tree_shardings(mesh, state, model_config)
             compiled[key] = jax.jit(train, donate_argnums=0, in_shardings=(shardings, data, data, data, data),
                                     out_shardings=(shardings, repl), compiler_options=compiler_options)
         return compiled[key](state, *batch)

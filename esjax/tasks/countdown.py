@@ -144,11 +144,6 @@ def answer_value(completion: str, numbers: Sequence[int]) -> float | None:
     return None if body is None else expression_value(body, numbers)
 
 
-def answer_score(completion: str, numbers: Sequence[int], target: Any, paper_compat: bool = False) -> float:
-    """The paper's answer reward: 1.0 if the last <answer> block is a correct expression, else 0.0."""
-    return _hit(answer_value(completion, numbers), target_value(target, paper_compat))
-
-
 def closeness_score(value: float | None, target: Any) -> float:
     """Partial credit in [0, 1] of an answer's :func:`answer_value`: ``max(0, 1 - |value - target| / max(|target|,
     1))``, 0.0 when there is no value (malformed, or not exactly the given numbers)."""
