@@ -12,6 +12,7 @@ temporary buffer size for the compiled program next to the weights' size.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -25,7 +26,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks.common import (  # noqa: E402
-    SHAPE_NAMES, device_info, device_peaks, model_config, peak_memory_bytes, timed, write_result)
+    SHAPE_NAMES, device_info, device_peaks, model_config, peak_memory_bytes, write_result)
 from esjax.models import init_params  # noqa: E402
 from esjax.sampling import SamplingConfig, decode_dtype, generate_jit  # noqa: E402
 
@@ -54,17 +55,26 @@ def hf_model(config, params, dtype: str):
         return transformers.AutoModelForCausalLM.from_pretrained(Path(tmp) / "m", dtype=getattr(torch, dtype)).eval()
 
 
-def hf_generate_seconds(model, prompt, new_tokens, repeats) -> float:
+def hf_generate_fn(model, prompt, new_tokens):
+    """A no-argument call of transformers' greedy ``generate`` for ``prompt``, exactly ``new_tokens`` new tokens."""
     import torch
     ids = torch.tensor(prompt, dtype=torch.long)
     kwargs = dict(do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=1)
-    best = float("inf")
-    with torch.no_grad():
-        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
-        for _ in range(repeats):
+
+    def run():
+        with torch.no_grad():
+            return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
+    return run
+
+
+def best_interleaved(fns: dict, repeats: int) -> dict:
+    """Best of ``repeats`` seconds per function, the functions taking turns (a load change hits all of them)."""
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeats):
+        for name, fn in fns.items():
             start = time.perf_counter()
-            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
-            best = min(best, time.perf_counter() - start)
+            jax.block_until_ready(fn())
+            best[name] = min(best[name], time.perf_counter() - start)
     return best
 
 
@@ -72,16 +82,24 @@ def measure_generate(config, params, batch: int, prompt_len: int, new_tokens: in
                      memory: bool = True) -> dict:
     """Greedy decoding of ``batch`` random prompts to exactly ``new_tokens`` (no EOS): tokens/s, the decode step
     (prefill timed apart), the roofline fraction where the device's peaks are known, XLA's temporary bytes
-    (``memory``: one more compilation) and, with ``hf`` (a transformers model), transformers' generate."""
+    (``memory``: one more compilation) and, with ``hf`` (a transformers model), transformers' generate, timed in
+    turns with esjax's (best of ``repeats`` each)."""
     rng = np.random.default_rng(0)
     prompt = rng.integers(2, min(config.vocab_size, 250), (batch, prompt_len)).astype(np.int32)
     tokens, mask = jnp.asarray(prompt), jnp.ones_like(jnp.asarray(prompt))
     sampling = SamplingConfig(max_new_tokens=new_tokens, eos_token_ids=(), pad_token_id=1)
     prefill = SamplingConfig(max_new_tokens=1, eos_token_ids=(), pad_token_id=1)
-    first, best = timed(lambda: generate_jit(config, params, tokens, mask, jax.random.key(0), sampling).tokens,
-                        repeats)
-    _, prefill_s = timed(lambda: generate_jit(config, params, tokens, mask, jax.random.key(0), prefill).tokens,
-                         repeats)
+    fns = {"esjax": lambda: generate_jit(config, params, tokens, mask, jax.random.key(0), sampling).tokens,
+           "prefill": lambda: generate_jit(config, params, tokens, mask, jax.random.key(0), prefill).tokens}
+    if hf is not None:
+        fns["transformers"] = hf_generate_fn(hf, prompt, new_tokens)
+    start = time.perf_counter()
+    jax.block_until_ready(fns["esjax"]())
+    first = time.perf_counter() - start
+    for name in fns.keys() - {"esjax"}:  # warm-up (prefill compilation)
+        jax.block_until_ready(fns[name]())
+    times = best_interleaved(fns, repeats)
+    best, prefill_s = times["esjax"], times["prefill"]
     # the decode steps after the prefill; at tiny sizes timing noise can hide them: then the whole run per token
     step_s = (best - prefill_s) / (new_tokens - 1) if best > 1.5 * prefill_s else best / new_tokens
     generated = batch * new_tokens
@@ -97,7 +115,7 @@ def measure_generate(config, params, batch: int, prompt_len: int, new_tokens: in
         roof = roofline_step_seconds(config, batch, prompt_len + new_tokens / 2, bytes_per, peaks)
         result |= {"roofline_step_ms": round(roof * 1e3, 4), "roofline_fraction": round(roof / step_s, 3)}
     if hf is not None:
-        hf_s = hf_generate_seconds(hf, prompt, new_tokens, repeats)
+        hf_s = times["transformers"]
         result |= {"transformers_generate_s": round(hf_s, 4), "transformers_tokens_per_s": round(generated / hf_s, 1),
                    "speedup_vs_transformers": round(hf_s / best, 2)}
     return result
@@ -123,9 +141,12 @@ def main() -> None:
         "benchmark": "generate", "shape": args.shape, "params": config.num_params(), "prompt_len": args.prompt_len,
         "new_tokens": args.new_tokens, "dtype": args.dtype, "decode_dtype": str(decode_dtype(params)),
         "weights_mib": round(weights / 2**20, 1), **device_info(),
+        "load_average_1m_at_start": round(os.getloadavg()[0], 2),
     }
-    runs = [measure_generate(config, params, batch, args.prompt_len, args.new_tokens, args.repeats, hf)
-            for batch in args.batch]
+    runs = []
+    for batch in args.batch:
+        runs.append(measure_generate(config, params, batch, args.prompt_len, args.new_tokens, args.repeats, hf))
+        print(json.dumps(runs[-1]), file=sys.stderr, flush=True)  # progress
     result |= runs[0] if len(runs) == 1 else {"runs": runs}
     dtype_tag = "" if args.dtype == "float32" else f"-{args.dtype}"
     out = args.out or Path(__file__).parent / f"generate-{args.shape}{dtype_tag}-{result['platform']}.json"
