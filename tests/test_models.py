@@ -260,3 +260,41 @@ def test_integer_weights_are_refused_with_the_tensor_name(tiny_model_dirs, tmp_p
     with pytest.warns(UserWarning, match="model.position_ids"):
         config, params = models.load_hf(bad)
     assert params["layers_0"]["mlp"]["up_proj"]["kernel"].dtype == jnp.float32
+
+
+ODD_JSON = [None, "x", -1, 0, 1.5, [], {}, True, 1e30, [1], {"a": 1}, 10 ** 30]
+
+
+def test_any_odd_config_field_is_a_model_config_error(tiny_model_dirs):
+    """Every field of config.json / generation_config.json set to odd JSON values: the config parses, or a
+    ModelConfigError names the file's field; never another exception."""
+    src = tiny_model_dirs["qwen2"]
+    cfg, gen = (json.loads((src / name).read_text()) for name in ("config.json", "generation_config.json"))
+    keys = sorted(set(cfg) | set(gen) | {"head_dim", "rope_scaling", "rope_theta", "attention_bias", "mlp_bias",
+                                         "pretraining_tp", "num_key_value_heads", "use_sliding_window"})
+    for key in keys:
+        for value in ODD_JSON:
+            for changed in ({**cfg, key: value}, gen), (cfg, {**gen, key: value}):
+                try:
+                    models.config_from_hf(*changed)
+                except models.ModelConfigError as e:
+                    assert "\n" not in str(e)
+
+
+def test_any_odd_safetensors_header_is_a_safetensors_error(tmp_path):
+    """Header entries with odd dtype / shape / offsets (and headers that are not objects): SafetensorsError
+    naming the file, never another exception (a zero-size tensor with a 1e30 dimension included)."""
+    import struct
+
+    from esjax.models.safetensors_io import SafetensorsError, iter_tensors
+    path = tmp_path / "m.safetensors"
+    for field in ("dtype", "shape", "data_offsets"):
+        for value in [*ODD_JSON, [-1, 2], [0, 10 ** 30], [10 ** 30, 0], ["a"], "F32", [2, 2]]:
+            entry = {"dtype": "F32", "shape": [2], "data_offsets": [0, 0] if field == "shape" else [0, 8], field: value}
+            for header in ({"t": entry}, {"t": value}, [value], value):
+                blob = json.dumps(header).encode()
+                path.write_bytes(struct.pack("<Q", len(blob)) + blob + bytes(8))
+                try:
+                    list(iter_tensors(path))
+                except SafetensorsError as e:
+                    assert str(path) in str(e)

@@ -138,6 +138,14 @@ def _positive(value: Any, key: str, typ: type, where: str) -> Any:
     return value
 
 
+def _flag(cfg: dict[str, Any], key: str, where: str) -> bool:
+    """A boolean field (absent or null: False)."""
+    value = cfg.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise ModelConfigError(f"{where}: field '{key}' must be true or false, got {value!r}")
+    return bool(value)
+
+
 def _token_id(value: Any, key: str, where: str) -> int | None:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
         raise ModelConfigError(f"{where}: field '{key}' must be a token id (an integer >= 0), got {value!r}")
@@ -218,11 +226,13 @@ def config_from_hf(cfg: dict[str, Any], generation_config: dict[str, Any] | None
     if act not in _ACTIVATIONS:
         raise ModelConfigError(f"{where}: field 'hidden_act' = {act!r} is not supported (supported: silu)")
     layer_types = cfg.get("layer_types") or []
+    if not isinstance(layer_types, list):
+        raise ModelConfigError(f"{where}: field 'layer_types' must be a list, got {layer_types!r}")
     uses_sliding = cfg.get("use_sliding_window", False) and (not layer_types or "sliding_attention" in layer_types)
     if uses_sliding or any(t != "full_attention" for t in layer_types):
         raise ModelConfigError(f"{where}: field 'use_sliding_window'/'layer_types': sliding-window attention is not supported")
     theta, rope = _rope_from(cfg, where)
-    attention_bias = bool(cfg.get("attention_bias", False))
+    attention_bias = _flag(cfg, "attention_bias", where)
     if cfg.get("pretraining_tp", 1) not in (1, None):
         raise ModelConfigError(f"{where}: field 'pretraining_tp' != 1 is not supported")
     eps = _positive(cfg.get("rms_norm_eps", 1e-6), "rms_norm_eps", float, where)
@@ -236,10 +246,10 @@ def config_from_hf(cfg: dict[str, Any], generation_config: dict[str, Any] | None
         rope_theta=theta,
         rope_scaling=tuple(sorted(rope.items())),
         max_position_embeddings=max_positions,
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+        tie_word_embeddings=_flag(cfg, "tie_word_embeddings", where),
         qkv_bias=True if model_type == "qwen2" else attention_bias,
         o_bias=attention_bias if model_type != "qwen2" else False,
-        mlp_bias=bool(cfg.get("mlp_bias", False)) if model_type == "llama" else False,
+        mlp_bias=_flag(cfg, "mlp_bias", where) if model_type == "llama" else False,
         qk_norm=model_type == "qwen3",
         eos_token_ids=_eos_ids(cfg, gen, where),
         bos_token_id=_token_id(gen.get("bos_token_id", cfg.get("bos_token_id")), "bos_token_id", where),

@@ -7,6 +7,7 @@ writing streams tensor bytes after a precomputed header, so exported bytes equal
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -69,7 +70,7 @@ def _entry(path: Path, name: str, info: Any) -> tuple[np.dtype, tuple[int, ...],
         raise SafetensorsError(f"{path}: corrupt header entry for tensor {name!r}") from None
     if dtype is None:
         raise SafetensorsError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
-    if min(shape, default=0) < 0 or lo < 0 or hi - lo != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
+    if not all(0 <= d < 2 ** 62 for d in shape) or lo < 0 or hi - lo != math.prod(shape) * dtype.itemsize:
         raise SafetensorsError(f"{path}: tensor {name!r} byte range does not match its shape {shape}")
     return dtype, shape, lo, hi
 
