@@ -55,8 +55,9 @@ class GenerateOutput(NamedTuple):
 
 
 def filter_logits(logits: Array, top_k: int, top_p: float) -> Array:
-    """Mask float32 logits [B, V] outside the top-k / nucleus top-p set with -inf (at least one token kept)."""
-    if top_k:
+    """Mask float32 logits [B, V] outside the top-k / nucleus top-p set with -inf (at least one token kept).
+    ``top_k`` >= V keeps every token (as transformers clamps it)."""
+    if top_k and top_k < logits.shape[-1]:
         kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
         logits = jnp.where(logits < kth, -jnp.inf, logits)
     if top_p < 1.0:

@@ -87,6 +87,7 @@ def test_filter_logits():
     assert np.isfinite(np.asarray(filter_logits(logits, 0, 0.8))).tolist() == [[True, True, False, False]]
     assert np.isfinite(np.asarray(filter_logits(logits, 0, 0.81))).tolist() == [[True, True, True, False]]
     assert np.isfinite(np.asarray(filter_logits(logits, 0, 0.1))).tolist() == [[True, False, False, False]]
+    assert np.array_equal(filter_logits(logits, 1000, 1.0), logits)  # top_k past the vocabulary keeps every token
 
 
 def test_bucketing_reuses_compiled_program(tiny_model_dirs):

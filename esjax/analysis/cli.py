@@ -66,8 +66,8 @@ def options_from_args(args: argparse.Namespace):
     from esjax.analysis.interpolation import parse_grid
     defaults = Options()
     return Options(split=args.split, limit=args.limit, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                   grid=tuple(parse_grid(args.grid, defaults.grid)),
-                   probe_grid=tuple(parse_grid(args.probe_grid, defaults.probe_grid)),
+                   grid=tuple(parse_grid(args.grid, defaults.grid, "--grid")),
+                   probe_grid=tuple(parse_grid(args.probe_grid, defaults.probe_grid, "--probe-grid")),
                    kl_samples=args.kl_samples, kl_batch_size=args.kl_batch_size, kl_chunk=args.kl_chunk,
                    topk=tuple(args.topk), seed=args.seed,
                    skip=frozenset(s.strip() for s in args.skip.split(",") if s.strip()),

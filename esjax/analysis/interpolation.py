@@ -9,6 +9,7 @@ greedily with :func:`esjax.evaluate.evaluate`; every point shares one compiled g
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Iterable, Sequence
 
 import jax
@@ -86,8 +87,12 @@ def barrier(points: Sequence[dict[str, float]], key: str = "accuracy") -> float 
     return max([0.0] + [(1 - x) * by_x[0.0] + x * by_x[1.0] - v for x, v in inner])
 
 
-def parse_grid(spec: str | Sequence[float] | None, default: Sequence[float]) -> list[float]:
-    """A grid from ``"start:stop:num"`` (inclusive linspace) or ``"x1,x2,..."``; None -> ``default``."""
+MAX_GRID_POINTS = 1000  # every point is a full evaluation
+
+
+def parse_grid(spec: str | Sequence[float] | None, default: Sequence[float], name: str = "grid") -> list[float]:
+    """A grid from ``"start:stop:num"`` (inclusive linspace) or ``"x1,x2,..."``; None -> ``default``. ``name``
+    (the flag) starts error messages."""
     if spec is None:
         return [float(x) for x in default]
     if not isinstance(spec, str):
@@ -95,12 +100,14 @@ def parse_grid(spec: str | Sequence[float] | None, default: Sequence[float]) -> 
     try:
         if ":" in spec:
             start, stop, num = spec.split(":")
-            if int(num) < 2:
+            if not 2 <= int(num) <= MAX_GRID_POINTS:
                 raise ValueError
-            return [round(float(x), 10) for x in np.linspace(float(start), float(stop), int(num))]
-        values = [float(x) for x in spec.split(",") if x.strip()]
+            values = [round(float(x), 10) for x in np.linspace(float(start), float(stop), int(num))]
+        else:
+            values = [float(x) for x in spec.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"grid {spec!r}: expected START:STOP:NUM (NUM >= 2) or a comma-separated list") from None
-    if not values:
-        raise ValueError(f"grid {spec!r}: no points")
+        raise ValueError(f"{name} {spec!r}: expected START:STOP:NUM (2 <= NUM <= {MAX_GRID_POINTS}) or a "
+                         f"comma-separated list") from None
+    if not values or len(values) > MAX_GRID_POINTS or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{name} {spec!r}: expected 1 to {MAX_GRID_POINTS} finite points")
     return values
