@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from esjax.files import write_text_atomic
 from esjax.tasks.base import Example, TaskDataError
 from esjax.tasks.boolq import BoolQTask
 from esjax.tasks.countdown import validate_countdown_row
@@ -203,7 +202,7 @@ def _copy_paper_countdown(out: Path, sources: list[str], overwrite: bool) -> lis
         raise TaskDataError(f"{source}: no problems in the file")
     target = out / PAPER_COUNTDOWN
     _check_targets([target], overwrite)
-    _write_atomic(target, source.read_text(encoding="utf-8"))
+    write_text_atomic(target, source.read_text(encoding="utf-8"))
     return [target]
 
 
@@ -216,19 +215,7 @@ def _check_targets(targets: list[Path], overwrite: bool) -> None:
 
 
 def _write_jsonl(path: Path, rows: Rows) -> None:
-    _write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
