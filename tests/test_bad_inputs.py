@@ -238,7 +238,11 @@ COMMAND_CASES = [
     ("convert:no-out", lambda c: ["convert", "--from-hf", str(c.model)], "--out"),
     ("export:missing", lambda c: ["export", str(c.tmp / "nope"), "--to-hf", str(c.out)], "nope"),
     ("export:dtype", lambda c: ["export", str(c.model), "--to-hf", str(c.out), "--dtype", "int8"], "--dtype"),
+    *[(f"export:max-shard-size={v}", lambda c, v=v: ["export", str(c.model), "--to-hf", str(c.out),
+                                                       f"--max-shard-size={v}"], "--max-shard-size")
+      for v in ("-5", "0", "abc", "1e400GB", "")],
     # generate
+    ("generate:empty-prompt", _gen("--prompt", ""), "--prompt"),
     ("generate:num-samples-0", _gen("--num-samples", "0"), "--num-samples"),
     ("generate:num-samples-negative", _gen("--num-samples", "-2"), "--num-samples"),
     ("generate:max-new-tokens-0", _gen("--max-new-tokens", "0"), "--max-new-tokens"),
