@@ -13,7 +13,7 @@ from esjax.inference import check_context
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import Params
 from esjax.prompts import encode_prompts
-from esjax.sampling import SamplingConfig, bucket_length, generate_jit, pad_prompts
+from esjax.sampling import EmptyPromptError, SamplingConfig, bucket_length, generate_jit, pad_prompts
 from esjax.scoring import score_rows
 
 
@@ -43,7 +43,11 @@ class PromptSet:
             raise ValueError(f"task {getattr(task, 'name', task)!r}: no examples to evaluate")
         ids = encode_prompts(tokenizer, [task.prompt(e) for e in self.examples])
         self.longest = max(map(len, ids))  # tokens of the longest prompt
-        self.tokens, self.mask = pad_prompts(ids, pad_token_id, length=bucket_length(self.longest))
+        try:
+            self.tokens, self.mask = pad_prompts(ids, pad_token_id, length=bucket_length(self.longest))
+        except EmptyPromptError as e:
+            raise EmptyPromptError(f"task {getattr(task, 'name', task)!r}: {e} with the model's tokenizer "
+                                   f"({type(tokenizer).__name__})") from None
 
     def __len__(self) -> int:
         return len(self.examples)

@@ -101,3 +101,6 @@ def test_prompt_that_encodes_to_nothing_is_one_line_exit_2(tmp_path, capsys):
         captured = capsys.readouterr()
         assert captured.out == "" and captured.err.count("\n") == 1
         assert "--prompt 'hello' encodes to no tokens" in captured.err and "Qwen2Tokenizer" in captured.err
+    assert main(["eval", "--model", str(source), "--task", "countdown_procedural", "--limit", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'countdown_procedural': prompt 0 encodes to no tokens" in err, err
