@@ -49,3 +49,15 @@ def test_failures_leave_the_old_output(tmp_path, monkeypatch):
         publish_dir(new, old_dir)
     assert (old_dir / "keep").read_text() == "keep"  # moved back
     assert sorted(os.listdir(tmp_path)) == sorted(["f.txt", "out", new.name])
+
+
+def test_current_umask_reads_without_changing_it(monkeypatch):
+    from esjax import files
+    old = os.umask(0o027)
+    try:
+        assert files.current_umask() == 0o027
+        monkeypatch.setattr(files.Path, "read_text", lambda self: (_ for _ in ()).throw(OSError("no /proc")))
+        assert files.current_umask() == 0o027  # the fallback
+        assert os.umask(0o027) == 0o027
+    finally:
+        os.umask(old)
