@@ -86,7 +86,7 @@ def _run_stage(stage: str, hf_dir: str, ckpt: str, job: dict) -> dict:
     del loaded
     state, result = grpo_step(runner, state, tokens, mask, _score)
     jax.block_until_ready(state)
-    return {"loss": float(result.metrics.get("grpo/loss", float("nan")))}
+    return {"metrics": {k: float(f"{v:.4g}") for k, v in result.metrics.items() if "loss" in k or "length" in k}}
 
 
 def _worker(stage: str, hf_dir: str, ckpt: str, job: dict) -> None:
