@@ -41,6 +41,8 @@ from pathlib import Path
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from esjax import memory  # noqa: E402
+
 GiB = 1 << 30
 
 # Published config.json fields of the papers' models.
@@ -78,26 +80,20 @@ def num_params(m: dict) -> int:
 
 def kv_bytes_per_token(m: dict, dtype_bytes: int = 2) -> int:
     """2 (K and V) * layers * kv_heads * head_dim * bytes."""
-    return 2 * m["layers"] * m["kv_heads"] * m["head_dim"] * dtype_bytes
+    return memory.kv_bytes_per_token(m["layers"], m["kv_heads"], m["head_dim"], dtype_bytes)
 
 
 def kv_split(m: dict, mp: int) -> int:
-    """How many ways the KV cache splits over the model axis (KV heads that do not divide are replicated)."""
-    return mp if m["kv_heads"] % mp == 0 else 1
+    """How many ways the KV cache splits over the model axis (KV heads that do not divide it are replicated)."""
+    return memory.kv_split(m["kv_heads"], mp)
 
 
 def es_memory(m: dict, mp: int, members: int, prompts: int, seq: int, noise: str, dtype_bytes: int = 2,
               master_fp32: bool = True) -> dict:
     """Per-device bytes of an ES rollout decoding ``members`` at once (full rank: one weight copy each)."""
-    d = num_params(m)
-    weights = d * dtype_bytes / mp
-    master = 4 * d / mp if master_fp32 else 0
-    copies = members * weights if noise == "full" else 0
-    kv = members * prompts * seq * kv_bytes_per_token(m, dtype_bytes) / kv_split(m, mp)
-    largest_leaf = max(m["vocab"] * m["hidden"], m["hidden"] * m["inter"]) / mp
-    update = 2 * 4 * largest_leaf  # fp32 accumulator + one member's noise, one leaf at a time
-    return {"weights": weights, "master_fp32": master, "perturbed_copies": copies, "kv_cache": kv,
-            "update_transient": update, "total": weights + master + max(copies + kv, update)}
+    largest_leaf = max(m["vocab"] * m["hidden"], m["hidden"] * m["inter"])
+    return memory.es_memory(num_params(m), largest_leaf, kv_bytes_per_token(m, dtype_bytes), m["kv_heads"], mp,
+                            members, prompts, seq, noise, dtype_bytes, master_fp32)
 
 
 def max_chunk(m: dict, mp: int, device: tuple, prompts: int, seq: int, noise: str, members: int) -> int:
@@ -176,12 +172,12 @@ def grpo_iteration(m: dict, device: tuple, devices: int, mp: int, prompts: int =
     ring = link if devices <= per_host else dcn
     allreduce = 0.0 if groups == 1 else 2 * (groups - 1) / groups * grad_bytes / ring
     optimizer = 16 * d / mp / bw
-    memory = (2 + 4 + 8 + 4) * d / mp  # bf16 params, fp32 master, Adam m and v, fp32 grads
+    state = memory.grpo_memory(d, kv_tok, m["kv_heads"], mp, 0, 0)["state"]  # bf16, fp32 master, Adam, grads
     total = rollout + train + allreduce + optimizer
     return {"devices": devices, "model_parallel": mp, "rows_per_group": local, "rollout_s": rollout, "train_s": train,
             "grad_allreduce_s": allreduce, "optimizer_s": optimizer, "iteration_s": total,
             "network_bytes_per_device": 2 * (groups - 1) / groups * grad_bytes if groups > 1 else 0,
-            "state_bytes_per_device": memory, "fits": memory < hbm * USABLE,
+            "state_bytes_per_device": state, "fits": state < hbm * USABLE,
             "completions_per_s": rows / total}
 
 

@@ -298,7 +298,7 @@ def resolve(settings: RunSettings, where: str = "<settings>") -> RunSettings:
     if settings.task is not None and settings.stages:
         raise SettingsError(f"{where}: give either 'task' or 'stages', not both")
     train = settings.train
-    plan = plan_mesh(settings)
+    plan = plan_mesh(settings, where)
     if plan.devices * plan.model_parallel > jax.device_count():
         raise SettingsError(f"{where}: train.devices={plan.devices} x train.model_parallel={plan.model_parallel} "
                             f"needs {plan.devices * plan.model_parallel} devices but only {jax.device_count()} "
@@ -313,10 +313,11 @@ def resolve(settings: RunSettings, where: str = "<settings>") -> RunSettings:
     return dataclasses.replace(settings, mesh=plan)
 
 
-def plan_mesh(settings: RunSettings) -> MeshPlan:
-    """Devices on the population (ES) / data (GRPO) axis: ``train.devices``, or by default the most of the
-    ``device_count / train.model_parallel`` model groups that split the population (ES: N, or N/2 antithetic
-    pairs; GRPO: the rollout batch) evenly."""
+def plan_mesh(settings: RunSettings, where: str = "<settings>") -> MeshPlan:
+    """Devices on the population (ES) / data (GRPO) axis: ``train.devices``, or by default every one of the
+    ``device_count / train.model_parallel`` model groups, which must split the population (ES: N, or N/2
+    antithetic pairs; GRPO: the rollout batch) evenly: a split that would leave devices idle is refused with
+    the settings that fix it (a ``train.devices`` that divides it, or a population / batch that uses them all)."""
     train = settings.train
     axis = distributed.POPULATION_AXIS if settings.method == "es" else distributed.DATA_AXIS
     if train.devices is not None:
@@ -326,7 +327,28 @@ def plan_mesh(settings: RunSettings) -> MeshPlan:
         units = settings.es.population_size // (2 if settings.es.antithetic else 1)
     else:
         units = train.prompts_per_iteration * settings.grpo.num_generations
-    return MeshPlan(axis, max(d for d in range(1, groups + 1) if units % d == 0), train.model_parallel)
+    best = max(d for d in range(1, groups + 1) if units % d == 0)
+    if best * train.model_parallel < jax.device_count():
+        raise SettingsError(f"{where}: {_idle_devices(settings, best, groups, jax.device_count())}")
+    return MeshPlan(axis, best, train.model_parallel)
+
+
+def _idle_devices(settings: RunSettings, best: int, groups: int, count: int) -> str:
+    """Why the default mesh would leave devices idle, and the settings that fix it."""
+    mp = settings.train.model_parallel
+    accept = f"set train.devices={best} (uses {best * mp} of {count})"
+    if best == groups:  # the model axis does not divide the devices
+        return f"train.model_parallel={mp} leaves {count - groups * mp} of {count} devices idle: {accept}, or a " \
+               f"train.model_parallel that divides {count}"
+    over = f"{groups} devices" if mp == 1 else f"{groups} model groups of {mp} devices"
+    if settings.method == "es":
+        n, step = settings.es.population_size, groups * (2 if settings.es.antithetic else 1)
+        what = f"population {n} = {n // 2} antithetic pairs" if settings.es.antithetic else f"population {n}"
+        return f"{what} does not split over {over}: {accept} or es.population_size={-(-n // step) * step}"
+    g, prompts = settings.grpo.num_generations, settings.train.prompts_per_iteration
+    fit = next(p for p in range(prompts, prompts + groups + 1) if p * g % groups == 0)
+    return f"{prompts * g} rollout rows (train.prompts_per_iteration {prompts} x grpo.num_generations {g}) do not " \
+           f"split over {over}: {accept} or train.prompts_per_iteration={fit}"
 
 
 def save_settings(settings: RunSettings, path: str | Path) -> None:

@@ -152,6 +152,7 @@ class Run:
             settings.sampling.eval_max_new_tokens or settings.sampling.max_new_tokens))
         self.stages = self._build_stages()
         _prepare_run_dir_once(self.out_dir, settings, resume)
+        self._report_plan()
 
     def _build_stages(self) -> list[Stage]:
         stages, begin = [], 0
@@ -255,9 +256,25 @@ class Run:
     def _stage_at(self, it: int) -> Stage:
         return next(st for st in self.stages if st.begin <= it < st.end) if it < self.stages[-1].end else self.stages[-1]
 
+    def _batch_shape(self, stage: Stage) -> tuple[int, int]:
+        return min(self.settings.train.prompts_per_iteration, len(stage.train)), stage.train.tokens.shape[1]
+
     def _method(self, stage: Stage, params: Params) -> Method:
-        shape = (min(self.settings.train.prompts_per_iteration, len(stage.train)), stage.train.tokens.shape[1])
-        return make_method(self.settings, self.model.config, self.tokenizer, self.mesh, params, shape)
+        return make_method(self.settings, self.model.config, self.tokenizer, self.mesh, params, self._batch_shape(stage))
+
+    def _report_plan(self) -> None:
+        """The start-of-run report (:mod:`esjax.run_plan`): logged, and ``run_plan.json`` in the run directory."""
+        from esjax.es.population import members_at_once
+        from esjax.run_plan import format_plan, plan_report
+        s, shape = self.settings, self._batch_shape(self.stages[0])
+        new_tokens = s.sampling.max_new_tokens
+        at_once = members_at_once(s.es, self.model.config, new_tokens, self.mesh, self.model.params, shape) \
+            if s.method == "es" else None
+        plan = plan_report(s.method, s.method_config, self.model.config, jax.tree.leaves(self.model.params)[0].dtype,
+                           self.mesh, *shape, new_tokens, at_once)
+        self.log(format_plan(plan))
+        if distributed.is_main_process():
+            (self.out_dir / "run_plan.json").write_text(json.dumps(plan, indent=2) + "\n")
 
     def _finish_stage(self, stage: Stage, params: Params, matrices: dict,
                       evals: dict[int, dict[str, EvalResult]]) -> None:

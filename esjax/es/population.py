@@ -19,6 +19,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from esjax.distributed.mesh import MODEL_AXIS, POPULATION_AXIS
 from esjax.es.config import ESConfig
+from esjax.memory import kv_bytes_per_token
 from esjax.es.noise import FROZEN, FULL, leaf_plan, lowrank_perturb, perturb
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import Params
@@ -110,6 +111,22 @@ def local_chunk(es: ESConfig, local_members: int, param_bytes: int, member_bytes
     return next((c for c in divisors if c <= fits), 1)
 
 
+def members_at_once(es: ESConfig, model: ModelConfig, max_new_tokens: int, mesh: Mesh, params: Params,
+                    batch_shape: tuple[int, int]) -> int:
+    """Members one device decodes at once (:func:`local_chunk`) for prompts of ``batch_shape`` = (B, P) on ``mesh``."""
+    local = es.population_size // mesh.shape[POPULATION_AXIS]
+    model_size = mesh.shape.get(MODEL_AXIS, 1)
+    param_bytes = sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(params)) // model_size
+    batch, prompt = batch_shape
+    if es.prompt_chunk and batch % es.prompt_chunk:
+        raise ValueError(f"es.prompt_chunk={es.prompt_chunk} must divide the {batch} prompts of an iteration")
+    batch = min(batch, es.prompt_chunk or batch)  # rows of one member in one decode
+    itemsize = jnp.dtype(jax.tree.leaves(params)[0].dtype).itemsize
+    kv_bytes = batch * (prompt + max_new_tokens) * kv_bytes_per_token(
+        model.num_hidden_layers, model.num_key_value_heads, model.head_dim, itemsize)
+    return local_chunk(es, local, param_bytes, kv_bytes)
+
+
 def rollout_population(es: ESConfig, model: ModelConfig, sampling: SamplingConfig, params: Params, run_key: Array,
                        iteration: Array, tokens: Array, mask: Array, sample_key: Array, members: Array,
                        chunk: int) -> GenerateOutput:
@@ -155,15 +172,7 @@ def make_rollout(es: ESConfig, model: ModelConfig, sampling: SamplingConfig, mes
     n_dev = mesh.shape[POPULATION_AXIS]
     es.validate(n_dev)
     local = es.population_size // n_dev
-    model_size = mesh.shape.get(MODEL_AXIS, 1)
-    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params)) // model_size
-    batch, prompt = batch_shape
-    if es.prompt_chunk and batch % es.prompt_chunk:
-        raise ValueError(f"es.prompt_chunk={es.prompt_chunk} must divide the {batch} prompts of an iteration")
-    batch = min(batch, es.prompt_chunk or batch)  # rows of one member in one decode
-    kv_bytes = (2 * model.num_hidden_layers * model.num_key_value_heads * model.head_dim
-                * jnp.dtype(jax.tree.leaves(params)[0].dtype).itemsize * batch * (prompt + sampling.max_new_tokens))
-    chunk = local_chunk(es, local, param_bytes, kv_bytes)
+    chunk = members_at_once(es, model, sampling.max_new_tokens, mesh, params, batch_shape)
 
     def body(params, run_key, iteration, tokens, mask, sample_key):
         # this device's global member ids (no array is closed over: fine on a multi-process mesh)

@@ -1,0 +1,94 @@
+"""The start-of-run report and the device split, on 8 simulated CPU devices."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from esjax.models import config_from_hf
+from esjax.run_plan import format_plan, plan_report
+from esjax.settings import SettingsError, load_settings
+
+GiB = 1 << 30
+
+
+def test_a_population_that_leaves_devices_idle_is_refused_with_the_fix():
+    assert jax.device_count() == 8
+    fix = r"population 30 = 15 antithetic pairs does not split over 8 devices: set train.devices=5 \(uses 5 of 8\) " \
+          r"or es.population_size=32"
+    with pytest.raises(SettingsError, match=fix):
+        load_settings(None, ["es.population_size=30"])
+    assert load_settings(None, ["es.population_size=30", "train.devices=5"]).mesh.devices == 5  # chosen: accepted
+    assert load_settings(None, ["es.population_size=32"]).mesh.devices == 8
+    with pytest.raises(SettingsError, match=r"population 30 = 15 antithetic pairs does not split over 4 model groups "
+                                            r"of 2 devices: set train.devices=3 \(uses 6 of 8\) or es.population_size=32"):
+        load_settings(None, ["es.population_size=30", "train.model_parallel=2"])
+    with pytest.raises(SettingsError, match=r"population 30 does not split over 8 devices: set train.devices=6 "
+                                            r"\(uses 6 of 8\) or es.population_size=32"):
+        load_settings(None, ["es.population_size=30", "es.antithetic=false"])
+    with pytest.raises(SettingsError, match=r"train.model_parallel=3 leaves 2 of 8 devices idle: set train.devices=2 "
+                                            r"\(uses 6 of 8\)"):
+        load_settings(None, ["es.population_size=32", "train.model_parallel=3"])
+
+
+def test_a_grpo_batch_that_leaves_devices_idle_is_refused_with_the_fix():
+    with pytest.raises(SettingsError, match=r"20 rollout rows \(train.prompts_per_iteration 5 x grpo.num_generations "
+                                            r"4\) do not split over 8 devices: set train.devices=5 \(uses 5 of 8\) or "
+                                            r"train.prompts_per_iteration=6"):
+        load_settings(None, ["method=grpo", "train.prompts_per_iteration=5", "grpo.num_generations=4"])
+    assert load_settings(None, ["method=grpo", "train.prompts_per_iteration=6",
+                                "grpo.num_generations=4"]).mesh.devices == 8
+
+
+def qwen05():
+    return config_from_hf(dict(model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
+                               num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                               rms_norm_eps=1e-6, rope_theta=1e6, tie_word_embeddings=True,
+                               max_position_embeddings=32768), where="qwen05")
+
+
+def test_es_report_counts_work_and_memory_per_device():
+    """Qwen2.5-0.5B, bf16, N = 32 on 4 population groups x model axis 2: the paper's 200 prompts x 1152 tokens."""
+    model = qwen05()
+    settings = load_settings(None, ["es.population_size=32", "train.model_parallel=2", "model.dtype=bfloat16"])
+    mesh = settings.mesh.build()
+    plan = plan_report("es", settings.es, model, "bfloat16", mesh, 200, 128, 1024, members_at_once=2)
+    assert plan["mesh"] == {"population": 4, "model": 2} and plan["devices_used"] == 8 and plan["devices_idle"] == 0
+    assert plan["members_per_device"] == 8 and plan["members_at_once"] == 2 and plan["prompts_per_decode"] == 200
+    d = 494_032_768  # Qwen2.5-0.5B's parameter count
+    assert plan["params"] == d
+    mem = plan["memory_per_device_bytes"]
+    kv = 200 * 1152 * (2 * 24 * 2 * 64 * 2) / 2  # rows x tokens x K/V bytes per token, 2 KV heads split over 2
+    assert mem["weights"] == d * 2 // 2 and mem["master_fp32"] == d * 4 // 2
+    assert mem["perturbed_copies"] == 2 * d * 2 // 2 and mem["kv_cache"] == 2 * kv
+    assert mem["total"] == mem["weights"] + mem["master_fp32"] + mem["perturbed_copies"] + mem["kv_cache"]
+    assert 8.5 < mem["total"] / GiB < 8.8
+    lines = format_plan(plan)
+    assert "using 8; mesh population 4 x model 2" in lines and "8 members per device group, 2 decoded at once" in lines
+
+
+def test_grpo_report_rows_per_device():
+    model = qwen05()
+    settings = load_settings(None, ["method=grpo", "train.prompts_per_iteration=32", "grpo.num_generations=8",
+                                    "train.devices=4", "train.model_parallel=2"])
+    mesh = settings.mesh.build()
+    plan = plan_report("grpo", settings.grpo, model, "bfloat16", mesh, 32, 128, 1024)
+    assert plan["rollout_rows"] == 256 and plan["rows_per_device"] == 64
+    mem = plan["memory_per_device_bytes"]
+    assert mem["state"] == 18 * 494_032_768 / 2 and mem["kv_cache"] == 64 * 1152 * 12288 / 2
+
+
+def test_a_run_writes_its_plan(qwen2_dir, tmp_path, capsys):
+    from esjax.train import Run
+    settings = load_settings(None, [f"model.path={qwen2_dir}", "task.options={prompt_style: short, counts: [3], "
+                                    "train_size: 8, test_size: 4}", "train.iterations=1", "train.prompts_per_iteration=4",
+                                    "sampling.max_new_tokens=4", "es.population_size=4", "train.devices=2"])
+    Run(settings, tmp_path / "run", progress=False)
+    plan = json.loads((tmp_path / "run" / "run_plan.json").read_text())
+    assert plan["devices"]["count"] == 8 and plan["devices_used"] == 2 and plan["devices_idle"] == 6
+    assert plan["mesh"] == {"population": 2} and plan["members_per_device"] == 2
+    assert plan["prompts_per_iteration"] == 4 and plan["max_new_tokens"] == 4
+    out = capsys.readouterr().out
+    assert "using 2, 6 idle" in out and "memory per device (estimate)" in out
+    assert np.isclose(plan["memory_per_device_bytes"]["weights"], plan["params"] * 4)
