@@ -299,7 +299,8 @@ def test_a_run_directory_never_runs_its_task_file_without_the_flag(qwen2_dir, tm
     evil.write_text(f"open({str(marker)!r}, 'w').write('code ran')\n")
     run = tmp_path / "run"
     run.mkdir()
-    save_settings(load_settings(None, [f"model.path={qwen2_dir}", "task.name=evil_task", f"task.file={evil}"]),
+    save_settings(load_settings(None, [f"model.path={qwen2_dir}", "task.name=evil_task", f"task.file={evil}",
+                                       "train.devices=1"]),
                   run / "config.yaml")
     shutil.copytree(qwen2_dir, run / "stages" / "0-evil_task")
     out = tmp_path / "report"

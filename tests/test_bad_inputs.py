@@ -336,8 +336,8 @@ COMMAND_CASES = [
     ("train:allow-changes-without-resume", lambda c: [*c.train(), "--allow-changes"], "--allow-changes"),
     ("demo:resume-changed-setting", lambda c: ["demo", "--out", c.run_dir(), "--resume", "--set", "es.sigma=0.5"],
      "es.sigma"),
-    ("train:out-is-file", lambda c: ["train", "--out", c.file("f.txt", "x"), "--set", "train.iterations=1"],
-     "f.txt"),
+    ("train:out-is-file", lambda c: ["train", "--out", c.file("f.txt", "x"), "--set", "train.iterations=1",
+                                     "--set", "train.devices=1"], "f.txt"),
     # demo
     ("demo:iterations-0", lambda c: ["demo", "--out", str(c.out), "--set", "train.iterations=0"],
      "train.iterations"),

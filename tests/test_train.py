@@ -86,7 +86,7 @@ def test_settings_validation_names_key(tmp_path):
     with pytest.raises(SettingsError, match="es: .*population_size"):
         load_settings(None, ["es.population_size=7", "es.antithetic=true"])
     s = load_settings(None, ["train.iterations=7", "es.sigma=2e-3", "task.options={counts: [3, 4]}",
-                             "sampling.temperature=1"])
+                             "sampling.temperature=1", "train.devices=1"])
     assert s.train.iterations == 7 and s.es.sigma == 2e-3 and s.task.options == {"counts": [3, 4]}
     assert isinstance(s.sampling.temperature, float)
     with pytest.raises(SettingsError, match="KEY=VALUE"):
@@ -96,10 +96,11 @@ def test_settings_validation_names_key(tmp_path):
 def test_decaying_schedules_end_with_the_run():
     """A decaying step-size schedule without total_steps ends at the run's last update (ES: iterations; GRPO:
     iterations x num_iterations optimizer steps); an explicit total_steps is kept."""
-    s = load_settings(None, ["train.iterations=7", "es.alpha_schedule=cosine"])
+    one = ["train.devices=1"]  # the default population (30) does not split over the 8 test devices
+    s = load_settings(None, ["train.iterations=7", "es.alpha_schedule=cosine", *one])
     assert s.es.total_steps == 7 and s.es.alpha_at()(7) == 0
-    assert load_settings(None, ["es.alpha_schedule=linear", "es.total_steps=3"]).es.total_steps == 3
-    assert load_settings(None, []).es.total_steps is None
+    assert load_settings(None, ["es.alpha_schedule=linear", "es.total_steps=3", *one]).es.total_steps == 3
+    assert load_settings(None, one).es.total_steps is None
     s = load_settings(None, ["method=grpo", "train.iterations=5", "grpo.lr_schedule=linear", "grpo.num_iterations=2"])
     assert s.grpo.total_steps == 10
 
