@@ -260,7 +260,8 @@ class Run:
         return min(self.settings.train.prompts_per_iteration, len(stage.train)), stage.train.tokens.shape[1]
 
     def _method(self, stage: Stage, params: Params) -> Method:
-        return make_method(self.settings, self.model.config, self.tokenizer, self.mesh, params, self._batch_shape(stage))
+        shape = self._batch_shape(stage)
+        return make_method(self.settings, self.model.config, self.tokenizer, self.mesh, params, shape)
 
     def _report_plan(self) -> None:
         """The start-of-run report (:mod:`esjax.run_plan`): logged, and ``run_plan.json`` in the run directory."""
@@ -270,8 +271,8 @@ class Run:
         new_tokens = s.sampling.max_new_tokens
         at_once = members_at_once(s.es, self.model.config, new_tokens, self.mesh, self.model.params, shape) \
             if s.method == "es" else None
-        plan = plan_report(s.method, s.method_config, self.model.config, jax.tree.leaves(self.model.params)[0].dtype,
-                           self.mesh, *shape, new_tokens, at_once)
+        dtype = jax.tree.leaves(self.model.params)[0].dtype
+        plan = plan_report(s.method, s.method_config, self.model.config, dtype, self.mesh, *shape, new_tokens, at_once)
         self.log(format_plan(plan))
         if distributed.is_main_process():
             (self.out_dir / "run_plan.json").write_text(json.dumps(plan, indent=2) + "\n")

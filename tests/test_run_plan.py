@@ -22,7 +22,8 @@ def test_a_population_that_leaves_devices_idle_is_refused_with_the_fix():
     assert load_settings(None, [*pairs, "train.devices=5"]).mesh.devices == 5  # chosen: accepted
     assert load_settings(None, ["es.population_size=32", "es.antithetic=true"]).mesh.devices == 8
     with pytest.raises(SettingsError, match=r"population 30 = 15 antithetic pairs does not split over 4 model groups "
-                                            r"of 2 devices: set train.devices=3 \(uses 6 of 8\) or es.population_size=32"):
+                                            r"of 2 devices: set train.devices=3 \(uses 6 of 8\) or "
+                                            r"es.population_size=32"):
         load_settings(None, [*pairs, "train.model_parallel=2"])
     with pytest.raises(SettingsError, match=r"population 30 does not split over 8 devices: set train.devices=6 "
                                             r"\(uses 6 of 8\) or es.population_size=32"):
@@ -82,8 +83,9 @@ def test_grpo_report_rows_per_device():
 def test_a_run_writes_its_plan(qwen2_dir, tmp_path, capsys):
     from esjax.train import Run
     settings = load_settings(None, [f"model.path={qwen2_dir}", "task.options={prompt_style: short, counts: [3], "
-                                    "train_size: 8, test_size: 4}", "train.iterations=1", "train.prompts_per_iteration=4",
-                                    "sampling.max_new_tokens=4", "es.population_size=4", "train.devices=2"])
+                                    "train_size: 8, test_size: 4}", "train.iterations=1",
+                                    "train.prompts_per_iteration=4", "sampling.max_new_tokens=4",
+                                    "es.population_size=4", "train.devices=2"])
     Run(settings, tmp_path / "run", progress=False)
     plan = json.loads((tmp_path / "run" / "run_plan.json").read_text())
     assert plan["devices"]["count"] == 8 and plan["devices_used"] == 2 and plan["devices_idle"] == 6
