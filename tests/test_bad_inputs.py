@@ -331,7 +331,8 @@ COMMAND_CASES = [
     ("train:resume-broken-config", lambda c: c.resume(config="train: [1,\n"), "config.yaml:2:1"),
     ("train:resume-bad-saved-setting", lambda c: c.resume(config="train: {iterations: 0}\n"), "train.iterations"),
     ("train:resume-changed-task-file", lambda c: c.resume(f"task.file={c.tmp / 'evil.py'}"), "task.file"),
-    ("train:resume-saved-task-file", lambda c: c.resume(done=2, config=f"task: {{name: x, file: {c.tmp}/e.py}}\n"),
+    ("train:resume-saved-task-file", lambda c: c.resume(done=2, config=f"task: {{name: x, file: {c.tmp}/e.py}}\n"
+                                                                                   "train: {devices: 1}\n"),
      "--trust-task-file"),
     ("train:allow-changes-without-resume", lambda c: [*c.train(), "--allow-changes"], "--allow-changes"),
     ("demo:resume-changed-setting", lambda c: ["demo", "--out", c.run_dir(), "--resume", "--set", "es.sigma=0.5"],
@@ -451,7 +452,7 @@ def test_the_esjax_script_gives_the_same_one_line(tmp_path, argv, needle):
 def _setting_keys() -> list[str]:
     from esjax.resume import flatten
     from esjax.settings import load_settings, to_dict
-    keys = set(flatten(to_dict(load_settings(None, ["task.name=countdown_procedural"]))))
+    keys = set(flatten(to_dict(load_settings(None, ["task.name=countdown_procedural", "train.devices=1"]))))
     return sorted(keys | {"es.sigma", "es.alpha", "es.population_size", "es.noise", "es.rank", "es.optimizer",
                           "grpo.num_generations", "grpo.learning_rate", "grpo.beta", "method", "stages",
                           "task.options", "es", "grpo", "train", "task"})
