@@ -169,7 +169,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         raise UsageError("--resume needs --out DIR (the demo run directory to continue)")
     if args.resume:
         from esjax.resume import resume_settings
-        settings, _ = resume_settings(args.out, DEMO_CONFIG, args.set)
+        settings, _ = resume_settings(args.out, None, args.set)  # the demo run's saved settings
     else:
         settings = load_settings(DEMO_CONFIG, args.set)
     out = args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -26,9 +26,9 @@ from esjax.metrics import MetricsLogger
 from esjax.models import load_model, save_model
 from esjax.models.decoder import Params
 from esjax.models.sharding import param_shardings
-from esjax.resume import record_changes
+from esjax.resume import CONFIG_FILE, record_changes, settings_changes
 from esjax.scoring import score_rows
-from esjax.settings import RunSettings, TaskSettings, resolve, save_settings
+from esjax.settings import RunSettings, TaskSettings, load_settings, resolve, save_settings
 
 
 # Process 0's verdict on the run directory travels to the others as a fixed-size byte buffer (a broadcast needs the
@@ -139,6 +139,8 @@ class Run:
         # everything is checked (run directory, model, tokenizer, tasks) before the run directory is written, so a
         # failed start leaves nothing behind that would block the corrected command
         _prepare_run_dir_once(self.out_dir, settings, resume, create=False)
+        if resume:
+            self._check_saved_settings()
         self.resume = resume
         self.mesh = settings.mesh.build()
         # params are born on the mesh: replicated over population/data, split over "model" by the partition rules
@@ -153,6 +155,15 @@ class Run:
         self.stages = self._build_stages()
         _prepare_run_dir_once(self.out_dir, settings, resume)
         self._report_plan()
+
+    def _check_saved_settings(self) -> None:
+        """A resumed run trains with its saved settings, or with the ``changes`` the caller declared."""
+        differ = settings_changes(load_settings(self.out_dir / CONFIG_FILE), self.settings)
+        unexpected = sorted(set(differ) - set(self.changes))
+        if unexpected:
+            raise RunDirError(f"{self.out_dir}: the settings differ from the run's {CONFIG_FILE} in "
+                              f"{', '.join(unexpected)}; resume with esjax.resume.resume_settings (esjax train "
+                              f"--resume without CONFIG, or with --allow-changes)")
 
     def _build_stages(self) -> list[Stage]:
         stages, begin = [], 0

@@ -68,6 +68,16 @@ def test_resume_settings_rules(tmp_path):
         resume_settings(tmp_path / "absent")
 
 
+def test_the_library_refuses_undeclared_changes_on_resume(tmp_path):
+    from esjax.train import RunDirError
+    run = fake_run(tmp_path, ["es.sigma=0.01", "train.devices=1", "model.path=/nonexistent"], done=2)
+    with pytest.raises(RunDirError, match=r"differ from the run's config.yaml in es.sigma, train.seed; resume with"):
+        train(load_settings(run / "config.yaml", ["es.sigma=0.02", "train.seed=1"]), run, resume=True)
+    with pytest.raises(FileNotFoundError, match="nonexistent"):  # declared: passes the check, on to the model
+        train(load_settings(run / "config.yaml", ["es.sigma=0.02"]), run, resume=True,
+              changes={"es.sigma": (0.01, 0.02)})
+
+
 def test_a_saved_task_file_is_imported_only_when_trusted(tmp_path):
     run = fake_run(tmp_path, ["task.name=mine", f"task.file={tmp_path / 'mine.py'}", "train.devices=1"], done=2)
     with pytest.raises(ResumeError, match="--trust-task-file"):
