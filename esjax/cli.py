@@ -174,10 +174,13 @@ def cmd_demo(args: argparse.Namespace) -> None:
         settings = load_settings(DEMO_CONFIG, args.set)
     out = args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
     es = settings.es
+    task = settings.task_stages()[-1]
+    if "test" not in task.eval_splits:
+        raise UsageError(f"task.eval_splits={list(task.eval_splits)}: the demo reports test accuracy, keep 'test'")
     print(f"esjax demo: ES fine-tuning of the embedded tiny model (330k params) on Countdown, on CPU\n"
           f"  population {es.population_size} (antithetic pairs), sigma {es.sigma}, alpha {es.alpha}, "
           f"{settings.train.iterations} iterations x {settings.train.prompts_per_iteration} fresh problems; "
-          f"test accuracy on {settings.task.eval_limit} held-out problems, greedy", flush=True)
+          f"test accuracy on {task.eval_limit} held-out problems, greedy", flush=True)
     start = time.perf_counter()
     summary = train(settings, out, resume=args.resume, progress=not args.no_progress)
     minutes = (time.perf_counter() - start) / 60

@@ -342,6 +342,8 @@ COMMAND_CASES = [
     # demo
     ("demo:iterations-0", lambda c: ["demo", "--out", str(c.out), "--set", "train.iterations=0"],
      "train.iterations"),
+    ("demo:no-test-split", lambda c: ["demo", "--out", str(c.out), "--set", "task.eval_splits=[train]"],
+     "task.eval_splits"),
     ("demo:unknown-key", lambda c: ["demo", "--out", str(c.out), "--set", "es.colour=1"], "colour"),
     ("demo:sigma-negative", lambda c: ["demo", "--out", str(c.out), "--set", "es.sigma=-1"], "sigma"),
     ("demo:resume-without-out", lambda c: ["demo", "--resume"], "--out"),
