@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -26,7 +27,7 @@ from esjax.metrics import MetricsLogger
 from esjax.models import load_model, save_model
 from esjax.models.decoder import Params
 from esjax.models.sharding import param_shardings
-from esjax.resume import CONFIG_FILE, record_changes, settings_changes
+from esjax.resume import CONFIG_FILE, completed_iterations, record_changes, settings_changes
 from esjax.scoring import score_rows
 from esjax.settings import RunSettings, TaskSettings, load_settings, resolve, save_settings
 
@@ -155,6 +156,12 @@ class Run:
         self.stages = self._build_stages()
         _prepare_run_dir_once(self.out_dir, settings, resume)
         self._report_plan()
+
+    def discard_if_unstarted(self) -> None:
+        """After a failure: remove a new run's directory while it holds no checkpoint (nothing to resume; a resume
+        would start over too), so that the corrected command can use the same ``--out``."""
+        if not self.resume and completed_iterations(self.out_dir) == 0 and distributed.is_main_process():
+            shutil.rmtree(self.out_dir, ignore_errors=True)
 
     def _check_saved_settings(self) -> None:
         """A resumed run trains with its saved settings, or with the ``changes`` the caller declared."""
@@ -347,4 +354,9 @@ def train(settings: RunSettings, out_dir: str | Path, *, resume: bool = False, p
           changes: Mapping[str, tuple[Any, Any]] | None = None) -> dict[str, Any]:
     """Train to the end of the configured budget; returns a summary (run dir, accuracies, plots). ``changes``: see
     :class:`Run`."""
-    return Run(settings, out_dir, resume=resume, progress=progress, changes=changes).run()
+    run = Run(settings, out_dir, resume=resume, progress=progress, changes=changes)
+    try:
+        return run.run()
+    except Exception:
+        run.discard_if_unstarted()
+        raise

@@ -303,6 +303,7 @@ COMMAND_CASES = [
         ("task.iterations", 0), ("task.name", "''"), ("model.dtype", "float64"), ("model.compute_dtype", "x"),
         ("model.path", "''"), ("es.sigma", -1), ("es.population_size", 0), ("es.colour", 1), ("es.alpha", "big")]],
     ("train:method", lambda c: c.train("method=ppo"), "method"),
+    ("train:grpo-greedy", lambda c: c.train("method=grpo"), "temperature"),
     ("train:more-devices-than-visible", lambda c: c.train("train.devices=16", "es.population_size=32"),
      "train.devices=16"),
     ("train:grpo-num-generations-0", lambda c: c.train("method=grpo", "grpo.num_generations=0",
