@@ -148,6 +148,7 @@ def test_exact_kl_matches_numpy_and_is_chunk_invariant(tiny):
     assert cmask.sum() > 6 and np.all(np.asarray(res.k3) >= -1e-6) and np.all(np.asarray(res.exact) >= -1e-6)
 
 
+@pytest.mark.slow
 def test_k1_and_k3_are_unbiased_for_the_exact_kl(tiny):
     config, base, ft, _, sampling, _, prompts = tiny
     # 6 prompts x 48 samples: means over the sampled tokens vs the exact KL at the same prefixes
@@ -164,6 +165,7 @@ def test_k1_and_k3_are_unbiased_for_the_exact_kl(tiny):
 
 
 # --------------------------------------------------------------------------------------------- interpolation
+@pytest.mark.slow
 def test_interpolation_endpoints_reproduce_the_models(tiny):
     config, base, ft, tok, sampling, task, prompts = tiny
     assert all(bool(jnp.all(x == y)) for x, y in zip(jax.tree.leaves(interpolation.lerp(base, ft, 0.0)),

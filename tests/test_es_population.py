@@ -33,7 +33,8 @@ def test_lowrank_in_matmul_equals_materialised(non_matrix, rank):
         assert not np.allclose(factored, forward(CONFIG, PARAMS, TOKENS, MASK), atol=1e-3)
 
 
-@pytest.mark.parametrize("noise, temperature", [("full", 0.0), ("lowrank", 0.0), ("lowrank", 1.0)])
+@pytest.mark.parametrize("noise, temperature", [("full", 0.0), pytest.param("lowrank", 0.0, marks=pytest.mark.slow),
+                                                pytest.param("lowrank", 1.0, marks=pytest.mark.slow)])
 def test_rollout_identical_on_1_2_8_devices(noise, temperature):
     es = ESConfig(population_size=16, sigma=0.05, noise=noise, rank=2, antithetic=True)
     sampling = SamplingConfig(max_new_tokens=8, pad_token_id=1, temperature=temperature)
@@ -48,6 +49,7 @@ def test_rollout_identical_on_1_2_8_devices(noise, temperature):
     assert len({row.tobytes() for row in outs[0]}) > 8  # members really differ
 
 
+@pytest.mark.slow
 def test_full_rank_chunking_matches_unchunked():
     sampling = SamplingConfig(max_new_tokens=6, pad_token_id=1)
     mesh = population_mesh(jax.devices()[:2])
@@ -71,6 +73,7 @@ def test_population_must_divide_devices():
                      population_mesh(jax.devices()[:2]), PARAMS, TOKENS.shape)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("group_baseline", [False, True])
 def test_es_step_applies_the_update_to_the_scored_fitness(group_baseline):
     """es_step on 2 devices == apply_update with the fitness built from the rewards score_fn returned: each
@@ -98,7 +101,7 @@ def test_es_step_applies_the_update_to_the_scored_fitness(group_baseline):
     assert result.metrics["es/alpha"] == pytest.approx(0.01)
 
 
-@pytest.mark.parametrize("noise, temperature", [("full", 0.0), ("lowrank", 1.0)])
+@pytest.mark.parametrize("noise, temperature", [("full", 0.0), pytest.param("lowrank", 1.0, marks=pytest.mark.slow)])
 def test_prompt_chunks_match_one_decode(noise, temperature):
     """Decoding the prompts one at a time per member (prompt_chunk=1) gives the same rows, sampled ones included."""
     sampling = SamplingConfig(max_new_tokens=6, pad_token_id=1, temperature=temperature)
