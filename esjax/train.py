@@ -28,17 +28,9 @@ from esjax.models import load_model, save_model
 from esjax.models.decoder import Params
 from esjax.models.sharding import param_shardings
 from esjax.resume import CONFIG_FILE, completed_iterations, record_changes, settings_changes
+from esjax.rundir import RunDirError, prepare_run_dir_once
 from esjax.scoring import score_rows
-from esjax.settings import RunSettings, TaskSettings, load_settings, resolve, save_settings
-
-
-# Process 0's verdict on the run directory travels to the others as a fixed-size byte buffer (a broadcast needs the
-# same shape on every process); longer messages are cut, and any real one is a line or two.
-ERROR_BYTES = 4000
-
-
-class RunDirError(ValueError):
-    """The run directory cannot be used as asked (exists without --resume, nothing to resume, not writable)."""
+from esjax.settings import RunSettings, TaskSettings, load_settings, resolve
 
 
 def resolve_model_path(path: str) -> Path:
@@ -91,41 +83,6 @@ def make_method(settings: RunSettings, model_config, tokenizer, mesh, params: Pa
     return method(settings.method_config, model_config, sampling, mesh, params, batch_shape)
 
 
-def prepare_run_dir(out_dir: Path, settings: RunSettings, resume: bool, create: bool = True) -> None:
-    """Check that ``out_dir`` can be used as asked (``create=False``: only check, write nothing); then create it
-    and save the settings in ``config.yaml`` (a new run)."""
-    if resume:
-        if not (out_dir / "config.yaml").is_file():
-            raise RunDirError(f"{out_dir}: nothing to resume (no config.yaml)")
-        return
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise RunDirError(f"{out_dir} already exists; pass --resume to continue it or choose another --out")
-    if not create:
-        return
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_settings(settings, out_dir / "config.yaml")
-    except OSError as e:
-        raise RunDirError(f"{out_dir}: cannot write the run directory ({e.strerror or e})") from None
-
-
-def _prepare_run_dir_once(out_dir: Path, settings: RunSettings, resume: bool, create: bool = True) -> None:
-    """:func:`prepare_run_dir` on process 0 only (a shared file system is assumed); the others wait for its
-    verdict, so that every process fails, or none does."""
-    if jax.process_count() == 1:
-        return prepare_run_dir(out_dir, settings, resume, create)
-    error = ""
-    if distributed.is_main_process():
-        try:
-            prepare_run_dir(out_dir, settings, resume, create)
-        except RunDirError as e:
-            error = str(e)
-    code = np.frombuffer(error.encode()[:ERROR_BYTES].ljust(ERROR_BYTES, b"\0"), np.uint8)
-    message = bytes(distributed.broadcast_from_main(code)).rstrip(b"\0").decode(errors="replace")
-    if message:
-        raise RunDirError(message)
-
-
 class Run:
     """A training run in ``out_dir``; :meth:`run` trains to the end (resuming from the last checkpoint if asked)."""
 
@@ -139,7 +96,7 @@ class Run:
         self.log = log if distributed.is_main_process() else (lambda _: None)
         # everything is checked (run directory, model, tokenizer, tasks) before the run directory is written, so a
         # failed start leaves nothing behind that would block the corrected command
-        _prepare_run_dir_once(self.out_dir, settings, resume, create=False)
+        prepare_run_dir_once(self.out_dir, settings, resume, create=False)
         if resume:
             self._check_saved_settings()
         self.resume = resume
@@ -154,7 +111,7 @@ class Run:
         self.eval_sampling = sampling_for(model.config, self.tokenizer, temperature=0.0, max_new_tokens=(
             settings.sampling.eval_max_new_tokens or settings.sampling.max_new_tokens))
         self.stages = self._build_stages()
-        _prepare_run_dir_once(self.out_dir, settings, resume)
+        prepare_run_dir_once(self.out_dir, settings, resume)
         self._report_plan()
 
     def discard_if_unstarted(self) -> None:

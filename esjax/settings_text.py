@@ -1,0 +1,63 @@
+"""Settings as text: the YAML loader (``1e-3`` is a float), ``--set a.b=value`` overrides, and the errors a bad
+setting raises (one line naming the key and the file)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-3`` as a string; hyperparameters are written that way, so accept it as a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                |\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+class SettingsError(ValueError):
+    """A bad setting; the message names the key (and the file)."""
+
+
+class FieldError(SettingsError):
+    """A settings field out of its range; :func:`from_dict` adds the file and the key's full name."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"'{field}' {problem}")
+        self.field, self.problem = field, problem
+
+
+def parse_yaml(text: str, where: str = "<string>") -> Any:
+    """YAML text -> Python; a syntax error is a one-line SettingsError ``where:line:column: problem``."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
+        raise SettingsError(f"{at}: invalid YAML: {' '.join(str(e.problem or e.context).split())}") from None
+    except yaml.YAMLError as e:
+        raise SettingsError(f"{where}: invalid YAML: {' '.join(str(e).split())}") from None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` strings (values parsed as YAML: numbers, booleans, lists) to a nested dict."""
+    data = yaml.safe_load(yaml.safe_dump(data))  # deep copy
+    for item in overrides:
+        if "=" not in item:
+            raise SettingsError(f"--set {item!r}: expected KEY=VALUE, e.g. train.iterations=10")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            if node.get(part) is None:  # absent or null (e.g. a saved "task: null"): a new mapping
+                node[part] = {}
+            node = node[part]
+            if not isinstance(node, dict):
+                raise SettingsError(f"--set {key}: '{part}' is not a mapping")
+        node[parts[-1]] = parse_yaml(raw, f"--set {key}") if raw.strip() else None
+    return data
