@@ -156,6 +156,8 @@ def test_rewards_never_call_eval(monkeypatch):
         if name == "countdown":
             continue
         task = tasks.get(name)
+        if not type(task).__module__.startswith("esjax."):  # a user task another test registered in this process
+            continue
         ex = task.split("test")[0]
         for text in ("</think>\n<answer>9**9**9</answer>", "\\boxed{9**9**9}", "answer: __import__('os')"):
             task.reward(text, ex)
