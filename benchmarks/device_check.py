@@ -17,8 +17,9 @@ the host has). Stages, each reusing a benchmark of this directory:
    ``T_run`` new tokens, the largest multiple of 64 up to 1024 that the time left allows (predicted from stage 2's
    measured throughput); time per iteration = rollout(T_run) x 1024 / T_run + update. Decode dominates and every
    step costs about the same, so this is linear in T (it slightly underestimates: the KV cache grows with T).
-4. GRPO step at the same lengths (32 prompts x 8 completions, 128 + 1024 tokens; ``grpo_step.measure_grpo``),
-   with the same ``T_run`` rule and extrapolation for its rollout and train parts.
+4. GRPO step at the same lengths (32 prompts x 8 completions, 128 + 1024 tokens; ``grpo_step.measure_grpo``; the
+   loss in micro-batches of 8 rows, log-probs 32 positions at a time), with the same ``T_run`` rule and
+   extrapolation for its rollout and train parts.
 
 A watchdog writes the JSON gathered so far and exits (code 3) if the whole check reaches ``--budget-s``.
 """
@@ -141,7 +142,8 @@ def paper_es(config, params, plan: Plan, check: Check, es_ratio: dict) -> dict:
     n, b, full_t = plan.es_population, plan.paper_prompts, plan.paper_new_tokens
     measured = es_ratio["full"]
     per_token = n * b / measured["rollout_tokens_per_s"]  # seconds per new token of all N x B rows
-    compile_s = measured["rollout_compile_plus_first_s"] - measured["rollout_s"] + measured["update_compile_plus_first_s"]
+    compile_s = (measured["rollout_compile_plus_first_s"] - measured["rollout_s"]
+                 + measured["update_compile_plus_first_s"])
     # two rollouts (the first compiles) and this stage gets half of what is left (GRPO needs the rest)
     t_run = tokens_that_fit(full_t, plan.token_step, 2 * per_token, compile_s, 0.5 * check.left())
     run = measure_es(config, params, n, b, plan.paper_prompt_len, t_run, noises=("full",), repeats=1, plain=False)
@@ -162,9 +164,11 @@ def paper_grpo(config, params, plan: Plan, check: Check, decode: list[dict]) -> 
     compile_s = 3 * (widest["compile_plus_first_run_s"] - widest["generate_s"])
     t_run = tokens_that_fit(full_t, plan.token_step, 2 * per_token, compile_s, check.left() - 15)
     run = measure_grpo(config, params, plan.grpo_prompts, plan.grpo_generations, plan.paper_prompt_len, t_run,
-                       chunk=min(128, t_run), repeats=1, devices=jax.devices()[:1])
+                       chunk=min(32, t_run), repeats=1, devices=jax.devices()[:1],
+                       grad_accum_steps=max(1, rows // 8))  # 8 rows per micro-batch: activations fit 80 GB
     scale = full_t / t_run
-    step = run["rollout_s"] * scale + run["train_s"] * (plan.paper_prompt_len + full_t) / (plan.paper_prompt_len + t_run)
+    context = (plan.paper_prompt_len + full_t) / (plan.paper_prompt_len + t_run)
+    step = run["rollout_s"] * scale + run["train_s"] * context
     return {"prompts": plan.grpo_prompts, "generations": plan.grpo_generations, "prompt_len": plan.paper_prompt_len,
             "new_tokens": full_t, "new_tokens_run": t_run, "fraction_run": round(t_run / full_t, 4),
             "measured": {k: v for k, v in run.items() if k != "final_metrics"},
@@ -182,17 +186,20 @@ def print_table(r: dict) -> None:
     if "es_rollout" in r:
         e = r["es_rollout"]
         for noise in ("full", "lowrank"):
-            rows.append((f"ES N={e['population']} {'low' if noise == 'lowrank' else 'full'} rank", f"{e[noise]['ratio_vs_plain_generation']:.2f} of "
+            label = f"ES N={e['population']} {'low' if noise == 'lowrank' else 'full'} rank"
+            rows.append((label, f"{e[noise]['ratio_vs_plain_generation']:.2f} of "
                          f"plain generation ({e[noise]['rollout_tokens_per_s']:,.0f} tokens/s), update "
                          f"{e[noise]['update_s']:.3f} s"))
     if "es_paper" in r:
         p = r["es_paper"]
         rows.append((f"ES iteration N={p['population']}x{p['prompts']}x{p['new_tokens']}",
-                     f"{p['iteration_s_extrapolated']:.3g} s (run at T={p['new_tokens_run']}, x{1 / p['fraction_run']:.1f})"))
+                     f"{p['iteration_s_extrapolated']:.3g} s (run at T={p['new_tokens_run']}, "
+                     f"x{1 / p['fraction_run']:.1f})"))
     if "grpo_paper" in r:
         g = r["grpo_paper"]
         rows.append((f"GRPO step {g['prompts']}x{g['generations']}x{g['new_tokens']}",
-                     f"{g['step_s_extrapolated']:.3g} s (run at T={g['new_tokens_run']}, x{1 / g['fraction_run']:.1f})"))
+                     f"{g['step_s_extrapolated']:.3g} s (run at T={g['new_tokens_run']}, "
+                     f"x{1 / g['fraction_run']:.1f})"))
     rows.append(("total", f"{r.get('total_s', 0):.0f} s of {r['budget_s']:.0f} s budget"))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:

@@ -103,11 +103,12 @@ def esjax_steps(config, model, params, sampling, prompts, mask, steps, devices=N
 
 
 def measure_grpo(model, params, prompts: int, generations: int, prompt_len: int, new_tokens: int, chunk: int,
-                 repeats: int, devices=None) -> dict:
+                 repeats: int, devices=None, grad_accum_steps: int = 1) -> dict:
     """Median seconds of a full GRPO step (rollout of prompts x generations rows to exactly ``new_tokens``, scoring,
-    loss, update) over ``repeats`` steps after a first one that compiles, on ``devices`` (default: all).
-    ``params`` are donated."""
-    config = GRPOConfig(num_generations=generations, learning_rate=1e-6, logprob_chunk_size=chunk)
+    loss, update in ``grad_accum_steps`` micro-batches) over ``repeats`` steps after a first one that compiles, on
+    ``devices`` (default: all). ``params`` are donated."""
+    config = GRPOConfig(num_generations=generations, learning_rate=1e-6, logprob_chunk_size=chunk,
+                        grad_accum_steps=grad_accum_steps)
     sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=1.0, eos_token_ids=(), pad_token_id=1)
     rows_n = prompts * generations
     rng = np.random.default_rng(0)
@@ -118,6 +119,7 @@ def measure_grpo(model, params, prompts: int, generations: int, prompt_len: int,
     step_s = median("step_s")
     return {"prompts": prompts, "generations": generations, "rows": rows_n, "prompt_len": prompt_len,
             "new_tokens": new_tokens, "dtype": str(jax.tree.leaves(params)[0].dtype), "logprob_chunk_size": chunk,
+            "grad_accum_steps": grad_accum_steps,
             "first_step_s_incl_compile": round(rows[0]["step_s"], 3), "step_s": round(step_s, 4),
             "rollout_s": round(median("rollout_s"), 4), "train_s": round(median("train_s"), 4),
             "completion_tokens_per_s": round(rows_n * new_tokens / step_s, 1),
