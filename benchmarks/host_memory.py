@@ -155,8 +155,11 @@ def main() -> None:
             row["peak_over_model"] = round(row["peak_above_baseline_mib"] * MiB / model_bytes, 3)
             result["stages"][stage] = row
             print(stage, row, flush=True)
-    out = args.out or Path(__file__).parent / f"host_memory-{args.shape}-cpu.json"
-    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    out = Path(args.out or Path(__file__).parent / f"host_memory-{args.shape}-cpu.json")
+    if out.is_file():  # keep the stages this run did not measure
+        kept = json.loads(out.read_text())["stages"]
+        result["stages"] = {s: result["stages"].get(s, kept.get(s)) for s in STAGES if s in result["stages"] or s in kept}
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
 
 

@@ -119,7 +119,7 @@ def load_hf(path: str | Path, dtype: Any = "float32", sharding: Any = None) -> t
             if tuple(got) != tuple(want):
                 hf_want = tuple(want[::-1]) if transpose else tuple(want)
                 raise CheckpointError(f"{file}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {hf_want}")
-            host = np.asarray(tensor.T if transpose else tensor).astype(dtype)
+            host = np.asarray(tensor.T if transpose else tensor).astype(dtype, copy=False)  # no copy when dtypes match
             flat[key] = distributed.put_global(host, shardings[key]) if shardings else jnp.asarray(host)
             del host
     missing = [n for n, (key, _) in names.items() if key not in flat]
