@@ -81,8 +81,12 @@ def format_plan(plan: dict) -> str:
         lines.append(f"work: {plan['rollout_rows']} rollout rows = {plan['rows_per_device']} per device group, "
                      f"model axis {plan['model_axis']}")
     mem = plan["memory_per_device_bytes"]
-    parts = ", ".join(f"{k} {v / GiB:.2f}" for k, v in mem.items() if k != "total" and v)
+    parts = ", ".join(f"{k} {_size(v)}" for k, v in mem.items() if k != "total" and v)
     have = dev["memory_bytes"]
-    fit = f" of {have / GiB:.1f} GiB on the device" if have else ""
-    lines.append(f"memory per device (estimate): {mem['total'] / GiB:.2f} GiB{fit} ({parts} GiB)")
+    fit = f" of {_size(have)} on the device" if have else ""
+    lines.append(f"memory per device (estimate): {_size(mem['total'])}{fit} ({parts})")
     return "\n".join(lines)
+
+
+def _size(n: float) -> str:
+    return f"{n / GiB:.2f} GiB" if n >= GiB else f"{n / (1 << 20):.1f} MiB"

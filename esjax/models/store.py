@@ -12,6 +12,7 @@ Layout of an esjax model checkpoint directory::
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -35,7 +36,16 @@ def _save_params(directory: Path, params: Params) -> None:
     the model (a whole-array transfer or OCDBT's write buffers would double the host memory of a conversion)."""
     handler = ocp.PyTreeCheckpointHandler(use_ocdbt=False)
     chunked = jax.tree.map(lambda _: ocp.SaveArgs(chunk_byte_size=WRITE_CHUNK_BYTES), params)
-    ocp.Checkpointer(handler).save(directory, args=ocp.args.PyTreeSave(params, save_args=chunked))
+    absl = logging.getLogger("absl")
+    absl.addFilter(_no_ocdbt_merge_note)  # orbax notes on every non-OCDBT save that it has nothing to merge
+    try:
+        ocp.Checkpointer(handler).save(directory, args=ocp.args.PyTreeSave(params, save_args=chunked))
+    finally:
+        absl.removeFilter(_no_ocdbt_merge_note)
+
+
+def _no_ocdbt_merge_note(record: logging.LogRecord) -> bool:
+    return "Skipping merge of OCDBT checkpoints" not in record.getMessage()
 
 
 class LoadedModel(NamedTuple):
