@@ -20,8 +20,9 @@ GiB = 1 << 30
 
 
 def device_summary() -> dict[str, Any]:
-    """Kind, platform and counts of the visible devices, and the first device's memory where JAX reports it."""
-    dev = jax.devices()[0]
+    """Kind, platform and counts of the visible devices, and this process's first device's memory where JAX reports
+    it (only addressable devices report memory: with several processes ``jax.devices()[0]`` may be another's)."""
+    dev = jax.local_devices()[0]
     stats = dev.memory_stats() or {}
     return {"kind": dev.device_kind, "platform": dev.platform, "count": jax.device_count(),
             "local_count": jax.local_device_count(), "processes": jax.process_count(),
