@@ -51,7 +51,7 @@ DEVICE_PEAKS = {
 def model_config(shape: str):
     """The ModelConfig of a named shape; "embedded" is the demo's model (esjax/assets/tiny_countdown)."""
     if shape == "embedded":
-        from esjax.embedded import EMBEDDED_MODEL_DIR
+        from esjax.run.embedded import EMBEDDED_MODEL_DIR
         return config_from_hf(json.loads((EMBEDDED_MODEL_DIR / "config.json").read_text()), where="embedded")
     return config_from_hf(SHAPES[shape], where=f"shape {shape}")
 

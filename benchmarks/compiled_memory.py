@@ -36,7 +36,7 @@ from esjax.es.step import make_runner  # noqa: E402
 from esjax.es.update import init_state  # noqa: E402
 from esjax.models.decoder import param_shapes  # noqa: E402
 from esjax.models.sharding import param_shardings  # noqa: E402
-from esjax.sampling import SamplingConfig  # noqa: E402
+from esjax.generation.sampling import SamplingConfig  # noqa: E402
 
 SHAPES = {"qwen2.5-0.5b": "Qwen2.5-0.5B", "qwen2.5-1.5b": "Qwen2.5-1.5B"}
 GiB = 1 << 30

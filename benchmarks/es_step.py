@@ -29,7 +29,7 @@ from benchmarks.common import (  # noqa: E402
 from esjax.es import ESConfig  # noqa: E402
 from esjax.es.step import es_init, make_runner  # noqa: E402
 from esjax.models import init_params  # noqa: E402
-from esjax.sampling import SamplingConfig, generate_jit  # noqa: E402
+from esjax.generation.sampling import SamplingConfig, generate_jit  # noqa: E402
 
 
 def measure_es(config, params, population: int, prompts: int, prompt_len: int, new_tokens: int,

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     SHAPE_NAMES, device_info, device_peaks, model_config, peak_memory_bytes, write_result)
 from esjax.models import init_params  # noqa: E402
-from esjax.sampling import SamplingConfig, decode_dtype, generate_jit  # noqa: E402
+from esjax.generation.sampling import SamplingConfig, decode_dtype, generate_jit  # noqa: E402
 
 
 def roofline_step_seconds(config, batch: int, context: float, dtype_bytes: int, peaks) -> float:

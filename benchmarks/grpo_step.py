@@ -33,7 +33,7 @@ from benchmarks.common import SHAPE_NAMES, device_info, model_config, peak_memor
 from esjax.grpo import (GRPOConfig, completion_logps, data_mesh, grpo_init, grpo_step, make_runner,  # noqa: E402
                         token_logps)
 from esjax.models import init_params  # noqa: E402
-from esjax.sampling import SamplingConfig  # noqa: E402
+from esjax.generation.sampling import SamplingConfig  # noqa: E402
 
 TRL_WORKER = r"""
 import json, random, string, sys, tempfile, time
@@ -174,7 +174,7 @@ def trl_step_seconds(python, model, params, args) -> dict | str:
     if probe.returncode:
         return f"skipped: trl is not importable by {python}"
     from esjax.models import save_hf
-    from esjax.tokenizer import build_byte_tokenizer
+    from esjax.generation.tokenizer import build_byte_tokenizer
     with tempfile.TemporaryDirectory() as tmp:
         save_hf(model, params, Path(tmp) / "m")
         build_byte_tokenizer(Path(tmp) / "m")

@@ -49,10 +49,11 @@ def _run_stage(stage: str, hf_dir: str, ckpt: str, job: dict) -> dict:
     import jax
     import numpy as np
 
-    from esjax import cli, models
+    from esjax import models
+    from esjax.cli import main as esjax_main
 
     if stage == "convert":
-        code = cli.main(["convert", "--from-hf", hf_dir, "--out", ckpt, "--overwrite"])
+        code = esjax_main(["convert", "--from-hf", hf_dir, "--out", ckpt, "--overwrite"])
         return {"exit_code": code}
     if stage == "load_hf":
         _, params = models.load_hf(hf_dir, dtype=None)
@@ -60,7 +61,7 @@ def _run_stage(stage: str, hf_dir: str, ckpt: str, job: dict) -> dict:
     loaded = models.load_model(ckpt)
     if stage == "load_checkpoint":
         return {"leaves": len(jax.block_until_ready(jax.tree.leaves(loaded.params)))}
-    from esjax.sampling import SamplingConfig
+    from esjax.generation.sampling import SamplingConfig
     rng = np.random.default_rng(0)
     tokens = rng.integers(8, 1000, (job["prompts"], job["prompt_len"])).astype(np.int32)
     mask = np.ones_like(tokens)
@@ -92,7 +93,7 @@ def _run_stage(stage: str, hf_dir: str, ckpt: str, job: dict) -> dict:
 def _worker(stage: str, hf_dir: str, ckpt: str, job: dict) -> None:
     import jax
 
-    import esjax.cli  # noqa: F401 - everything the stage imports, before the baseline
+    import esjax.cli.commands  # noqa: F401 - everything the stage imports, before the baseline
     from esjax.es import step  # noqa: F401
     from esjax.grpo import step as grpo_step  # noqa: F401
     jax.block_until_ready(jax.numpy.zeros(8) + 1)  # the CPU client exists

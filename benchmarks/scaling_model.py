@@ -41,7 +41,7 @@ from pathlib import Path
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from esjax import memory  # noqa: E402
+from esjax.run import memory  # noqa: E402
 
 GiB = 1 << 30
 
@@ -246,7 +246,7 @@ def measure(repeats: int = 3) -> dict:
     from esjax.es.step import es_init, es_step, make_runner
     from esjax import grpo as grpo_lib
     from esjax.models import init_params
-    from esjax.sampling import SamplingConfig
+    from esjax.generation.sampling import SamplingConfig
 
     config = model_config("tiny")
     params = jax.device_get(jax.jit(init_params, static_argnums=0)(config, jax.random.key(0)))
@@ -334,7 +334,7 @@ def _multiprocess_worker(repeats: int) -> None:
     from esjax.es.step import es_init, es_step, make_runner
     from esjax.models import init_params
     from esjax.models.sharding import shard_tree
-    from esjax.sampling import SamplingConfig
+    from esjax.generation.sampling import SamplingConfig
 
     def best(fn):
         times = []

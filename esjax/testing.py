@@ -42,7 +42,7 @@ def make_tiny_hf_model(family: str, out_dir: str | Path, *, seed: int = 0, dtype
     import torch
     import transformers
 
-    from esjax.tokenizer import build_byte_tokenizer
+    from esjax.generation.tokenizer import build_byte_tokenizer
 
     out_dir = Path(out_dir)
     cfg = tiny_hf_config(family, **overrides)

@@ -79,9 +79,9 @@ def main(argv=None) -> int:
     jax.config.update("jax_default_matmul_precision", "highest")  # as the test suite runs
 
     from esjax import tasks
-    from esjax.embedded import BASE_FILE, evaluate_greedy
+    from esjax.run.embedded import BASE_FILE, evaluate_greedy
     from esjax.models import config_from_hf, forward, init_params, load_model, save_hf
-    from esjax.tokenizer import build_byte_tokenizer
+    from esjax.generation.tokenizer import build_byte_tokenizer
 
     t_start = time.time()
     task_options = dict(prompt_style="short", counts=list(args.counts), number_range=list(args.number_range),
@@ -181,7 +181,7 @@ def main(argv=None) -> int:
     build_byte_tokenizer(out)
     out.chmod(0o755)  # save_hf writes through a private temporary directory
     model = load_model(out)
-    from esjax.tokenizer import load_tokenizer
+    from esjax.generation.tokenizer import load_tokenizer
 
     tok = load_tokenizer(out)
     settings = {"split": "test", "size": args.eval_size, "max_new_tokens": args.max_new_tokens, "temperature": 0.0,

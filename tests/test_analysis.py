@@ -10,14 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from esjax.analysis import cli as analysis_cli
+from esjax.cli import analyze as analysis_cli
 from esjax.analysis import geometry, interpolation, kl, runs
 from esjax.es import ESConfig
-from esjax.evaluate import PromptSet, evaluate
-from esjax.inference import sampling_for
+from esjax.run.evaluate import PromptSet, evaluate
+from esjax.generation.inference import sampling_for
 from esjax.models import forward, load_model, save_model
-from esjax.sampling import generate_jit
-from esjax.settings import load_settings, save_settings
+from esjax.generation.sampling import generate_jit
+from esjax.run.settings import load_settings, save_settings
 
 
 # ------------------------------------------------------------------------------------------------- geometry
@@ -111,7 +111,7 @@ def test_es_theory_and_trained_parameter_count():
 def tiny(qwen2_dir):
     """(config, base params, fine-tuned params, tokenizer, sampling, conciseness prompts) on a tiny qwen2."""
     from esjax import tasks
-    from esjax.tokenizer import load_tokenizer
+    from esjax.generation.tokenizer import load_tokenizer
     model = load_model(qwen2_dir)
     leaves, tree = jax.tree.flatten(model.params)
     keys = jax.random.split(jax.random.key(1), len(leaves))
@@ -295,7 +295,7 @@ def test_a_run_directory_never_runs_its_task_file_without_the_flag(qwen2_dir, tm
     imported; only --trust-task-file imports it."""
     import shutil
 
-    from esjax.cli import main
+    from esjax.cli.commands import main
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.py"
     evil.write_text(f"open({str(marker)!r}, 'w').write('code ran')\n")

@@ -2,7 +2,7 @@
 nothing written (the test directory is unchanged, no --out appears).
 
 Each case is ``(id, argv builder, needle)``; the builder gets a :class:`Ctx` that makes bad model directories,
-config and task files inside the test's directory. Cases run in-process through ``esjax.cli.main`` (the same code
+config and task files inside the test's directory. Cases run in-process through ``esjax.cli.commands.main`` (the same code
 path as the ``esjax`` script; a few run as subprocesses at the end).
 """
 
@@ -22,7 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from esjax.cli import main
+from esjax.cli.commands import main
 from esjax.models.safetensors_io import iter_tensors
 
 TINY_TASK = "task.options={prompt_style: short, counts: [3], train_size: 8, test_size: 4}"
@@ -48,7 +48,7 @@ class Ctx:
 
     def run_dir(self, *sets: str, done: int = 2, config: str | None = None) -> str:
         """A run directory as a started run leaves it: config.yaml and a finished checkpoint at ``done``."""
-        from esjax.settings import load_settings, save_settings
+        from esjax.run.settings import load_settings, save_settings
         run = self.tmp / "run"
         (run / "checkpoints" / str(done)).mkdir(parents=True)
         if config is None:
@@ -453,8 +453,8 @@ def test_the_esjax_script_gives_the_same_one_line(tmp_path, argv, needle):
 
 
 def _setting_keys() -> list[str]:
-    from esjax.resume import flatten
-    from esjax.settings import load_settings, to_dict
+    from esjax.run.resume import flatten
+    from esjax.run.settings import load_settings, to_dict
     keys = set(flatten(to_dict(load_settings(None, ["task.name=countdown_procedural", "train.devices=1"]))))
     return sorted(keys | {"es.sigma", "es.alpha", "es.population_size", "es.noise", "es.rank", "es.optimizer",
                           "grpo.num_generations", "grpo.learning_rate", "grpo.beta", "method", "stages",
@@ -470,7 +470,7 @@ ODD_VALUES = ["0", "-1", "-3", "2.5", "1e309", "-.inf", ".nan", "x", "''", "null
 def test_any_setting_value_loads_or_is_one_settings_error(pairs):
     """Odd values for every settings key: the settings load, or a SettingsError names the problem on one line
     (never another exception, never a traceback)."""
-    from esjax.settings import SettingsError, load_settings
+    from esjax.run.settings import SettingsError, load_settings
     try:
         load_settings(None, [f"{k}={v}" for k, v in pairs])
     except SettingsError as e:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from esjax import models
-from esjax.cli import main
+from esjax.cli.commands import main
 
 
 def test_convert_export_generate(qwen2_dir, tmp_path, capsys):

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from esjax.cli import DEMO_CONFIG, main
-from esjax.settings import load_settings
+from esjax.cli.commands import DEMO_CONFIG, main
+from esjax.run.settings import load_settings
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 

@@ -18,8 +18,8 @@ from esjax.grpo import GRPOConfig, data_mesh, grpo_step
 from esjax.models import config_from_hf, forward_jit, init_params, param_shapes
 from esjax.models.sharding import (UnmatchedLeafError, leaf_path, param_specs, partition_spec, shard_tree,
                                    tree_shardings)
-from esjax.sampling import SamplingConfig, pad_prompts
-from esjax.settings import MeshPlan, SettingsError, load_settings
+from esjax.generation.sampling import SamplingConfig, pad_prompts
+from esjax.run.settings import MeshPlan, SettingsError, load_settings
 
 FAST = {"xla_backend_optimization_level": 0}
 QWEN2 = config_from_hf(dict(model_type="qwen2", vocab_size=64, hidden_size=32, intermediate_size=64,

@@ -61,8 +61,8 @@ def train_both(out, model_dir, task_file):
     import numpy as np
 
     from esjax.models import load_model
-    from esjax.settings import load_settings
-    from esjax.train import train
+    from esjax.run.settings import load_settings
+    from esjax.run.loop import train
 
     results = {}
     for method, overrides in run_overrides(model_dir, task_file).items():
@@ -79,7 +79,7 @@ def checkpoint_round_trip(out):
     import numpy as np
 
     from esjax import distributed
-    from esjax.checkpoint import RunCheckpoints
+    from esjax.run.checkpoints import RunCheckpoints
     from esjax.models import config_from_hf, init_params, load_model, save_model
     from esjax.models.sharding import param_shardings, shard_tree
 

@@ -4,13 +4,13 @@ import json
 
 import pytest
 
-from esjax.embedded import (BASE_FILE, EMBEDDED_MODEL_DIR, embedded_eval_settings, embedded_info, embedded_task,
+from esjax.run.embedded import (BASE_FILE, EMBEDDED_MODEL_DIR, embedded_eval_settings, embedded_info, embedded_task,
                             eval_examples, evaluate_greedy, load_embedded)
 
 
 @pytest.fixture(scope="module")
 def embedded():
-    from esjax.tokenizer import load_tokenizer
+    from esjax.generation.tokenizer import load_tokenizer
 
     model = load_embedded()
     return model, load_tokenizer(model.tokenizer_dir)

@@ -12,7 +12,7 @@ from esjax.es.noise import lowrank_perturb, perturb
 from esjax.es.population import _strip_none, make_rollout, population_mesh
 from esjax.es.step import es_init, es_step, make_runner
 from esjax.models import config_from_hf, forward, init_params
-from esjax.sampling import SamplingConfig, pad_prompts
+from esjax.generation.sampling import SamplingConfig, pad_prompts
 
 CONFIG = config_from_hf(dict(model_type="qwen2", vocab_size=64, hidden_size=32, intermediate_size=64,
                              num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

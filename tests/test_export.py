@@ -13,7 +13,7 @@ from esjax import models
 from esjax.models.export import parse_size
 from esjax.models.safetensors_io import iter_tensors
 from esjax.testing import build_word_tokenizer, make_tiny_hf_model
-from esjax.tokenizer import build_byte_tokenizer, load_tokenizer
+from esjax.generation.tokenizer import build_byte_tokenizer, load_tokenizer
 
 # an instruct model's sampling defaults (Qwen2.5-Instruct's keys) with two EOS ids and no pad id
 INSTRUCT_GENERATION = {"bos_token_id": 0, "do_sample": True, "eos_token_id": [0, 3], "repetition_penalty": 1.05,
@@ -57,8 +57,8 @@ def test_generation_config_without_source_file(tmp_path):
 
 
 def test_generation_config_survives_a_training_run(instruct_dir, tmp_path):
-    from esjax.settings import load_settings
-    from esjax.train import train
+    from esjax.run.settings import load_settings
+    from esjax.run.loop import train
     source = tmp_path / "m"
     shutil.copytree(instruct_dir, source)
     build_byte_tokenizer(source)

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from esjax.files import publish_dir, temp_dir_beside, write_text_atomic
+from esjax.common.files import publish_dir, temp_dir_beside, write_text_atomic
 
 
 def mode(path):
@@ -52,7 +52,7 @@ def test_failures_leave_the_old_output(tmp_path, monkeypatch):
 
 
 def test_current_umask_reads_without_changing_it(monkeypatch):
-    from esjax import files
+    from esjax.common import files
     old = os.umask(0o027)
     try:
         assert files.current_umask() == 0o027

@@ -12,7 +12,7 @@ import pytest
 from esjax.grpo import (GRPOConfig, build_batch, completion_logps, data_mesh, grpo_loss, grpo_step, init_state,
                         make_schedule, make_runner, reward_metrics, train_on_rollout)
 from esjax.models import config_from_hf, init_params
-from esjax.sampling import SamplingConfig
+from esjax.generation.sampling import SamplingConfig
 
 MODEL = config_from_hf(dict(model_type="qwen2", vocab_size=32, hidden_size=32, intermediate_size=64,
                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

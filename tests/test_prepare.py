@@ -8,7 +8,7 @@ import types
 import pytest
 
 import esjax.tasks as tasks
-from esjax.cli import main
+from esjax.cli.commands import main
 from esjax.tasks.prepare import prepare
 
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from esjax import tasks
-from esjax.evaluate import PromptSet
-from esjax.prompts import encode_prompt, encode_prompts, render
-from esjax.tokenizer import build_byte_tokenizer
+from esjax.run.evaluate import PromptSet
+from esjax.generation.prompts import encode_prompt, encode_prompts, render
+from esjax.generation.tokenizer import build_byte_tokenizer
 
 BOS, EOT = "<|begin_of_text|>", "<|eot_id|>"
 LLAMA_STYLE_TEMPLATE = (

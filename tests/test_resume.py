@@ -14,11 +14,11 @@ import jax
 import numpy as np
 import pytest
 
-from esjax.cli import main
+from esjax.cli.commands import main
 from esjax.models import load_model
-from esjax.resume import HISTORY_FILE, ResumeError, read_history, resume_settings
-from esjax.settings import load_settings, save_settings
-from esjax.train import train
+from esjax.run.resume import HISTORY_FILE, ResumeError, read_history, resume_settings
+from esjax.run.settings import load_settings, save_settings
+from esjax.run.loop import train
 
 TASK = "task.options={prompt_style: short, counts: [3], train_size: 16, test_size: 4}"
 
@@ -69,7 +69,7 @@ def test_resume_settings_rules(tmp_path):
 
 
 def test_the_library_refuses_undeclared_changes_on_resume(tmp_path):
-    from esjax.train import RunDirError
+    from esjax.run.loop import RunDirError
     run = fake_run(tmp_path, ["es.sigma=0.01", "train.devices=1", "model.path=/nonexistent"], done=2)
     with pytest.raises(RunDirError, match=r"differ from the run's config.yaml in es.sigma, train.seed; resume with"):
         train(load_settings(run / "config.yaml", ["es.sigma=0.02", "train.seed=1"]), run, resume=True)

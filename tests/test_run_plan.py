@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from esjax.models import config_from_hf
-from esjax.run_plan import format_plan, plan_report
-from esjax.settings import SettingsError, load_settings
+from esjax.run.plan import format_plan, plan_report
+from esjax.run.settings import SettingsError, load_settings
 
 GiB = 1 << 30
 
@@ -81,7 +81,7 @@ def test_grpo_report_rows_per_device():
 
 
 def test_a_run_writes_its_plan(qwen2_dir, tmp_path, capsys):
-    from esjax.train import Run
+    from esjax.run.loop import Run
     settings = load_settings(None, [f"model.path={qwen2_dir}", "task.options={prompt_style: short, counts: [3], "
                                     "train_size: 8, test_size: 4}", "train.iterations=1",
                                     "train.prompts_per_iteration=4", "sampling.max_new_tokens=4",

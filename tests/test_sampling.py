@@ -8,7 +8,7 @@ import torch
 import transformers
 
 from esjax import models
-from esjax.sampling import (SamplingConfig, bucket_length, completion_ids, filter_logits, generate_jit, pad_prompts)
+from esjax.generation.sampling import (SamplingConfig, bucket_length, completion_ids, filter_logits, generate_jit, pad_prompts)
 
 PROMPTS = [[5, 17, 42, 99, 3, 250, 7, 12, 64], [9, 8, 7], [200, 100, 50, 25, 12, 6], [33, 34]]
 
@@ -116,7 +116,7 @@ def test_early_exit_when_all_rows_done(tiny_model_dirs):
 
 
 def test_empty_prompt_is_an_error():
-    from esjax.sampling import EmptyPromptError
+    from esjax.generation.sampling import EmptyPromptError
     with pytest.raises(EmptyPromptError, match="prompt 1 encodes to no tokens .and 1 more"):
         pad_prompts([[3, 4], [], [5], []], 1)
 
@@ -132,7 +132,7 @@ class _OnDevice:
 
 
 def test_decode_dtype_is_float32_for_16_bit_params_on_cpu_only(monkeypatch):
-    from esjax.sampling import decode_dtype
+    from esjax.generation.sampling import decode_dtype
     assert decode_dtype({"w": jnp.ones(2, jnp.bfloat16)}) == jnp.float32  # CPU arrays (this test run)
     assert decode_dtype({"w": jnp.ones(2, jnp.float16)}) == jnp.float32
     assert decode_dtype({"w": jnp.ones(2, jnp.float32)}) == jnp.float32
@@ -177,7 +177,7 @@ def test_bf16_params_on_cpu_decode_in_float32_converted_once(tiny_model_dirs):
     reference = generate_jit(config, upcast, tokens, mask, jax.random.key(3), sampling)
     for a, b in zip(ours, reference):  # the same program as with the weights upcast by hand: identical outputs
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    from esjax.sampling import generate
+    from esjax.generation.sampling import generate
     jaxpr = jax.make_jaxpr(lambda p: generate(config, p, tokens, mask, jax.random.key(3), sampling))(params).jaxpr
     converts = _weight_converts(jaxpr)
     matrices = [x.shape for x in jax.tree.leaves(params) if x.ndim == 2]

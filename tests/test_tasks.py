@@ -414,7 +414,7 @@ def test_every_task_interface(name):
 
 
 def test_render_prompt(tmp_path):
-    from esjax.tokenizer import build_byte_tokenizer
+    from esjax.generation.tokenizer import build_byte_tokenizer
 
     tok = build_byte_tokenizer(tmp_path / "tok")
     chat = tasks.get("boolq")

@@ -72,7 +72,7 @@ def test_system_prompt_option():
 
 def test_chat_template_applied_as_the_reference(tmp_path):
     """``apply_chat_template(messages, tokenize=False, add_generation_prompt=True)``, as the reference calls it."""
-    from esjax.tokenizer import build_byte_tokenizer
+    from esjax.generation.tokenizer import build_byte_tokenizer
 
     tok = build_byte_tokenizer(tmp_path)
     task = tasks.get("boolq")

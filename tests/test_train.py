@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from esjax import distributed
-from esjax.cli import main
+from esjax.cli.commands import main
 from esjax.models import load_model
-from esjax.settings import SettingsError, load_settings, save_settings
-from esjax.train import train
+from esjax.run.settings import SettingsError, load_settings, save_settings
+from esjax.run.loop import train
 
 TASK = "task.options={prompt_style: short, counts: [3], train_size: 40, test_size: 16}"
 
@@ -35,9 +35,9 @@ def grpo_overrides(model_dir, iterations=6):
 
 KILLER = textwrap.dedent("""
     import os, signal, sys
-    from esjax import checkpoint
-    from esjax.settings import load_settings
-    from esjax.train import train
+    from esjax.run import checkpoints as checkpoint
+    from esjax.run.settings import load_settings
+    from esjax.run.loop import train
     save = checkpoint.RunCheckpoints.save
     def save_then_die(self, iteration, state, meta):
         save(self, iteration, state, meta)
@@ -145,8 +145,8 @@ def test_continual_two_tasks_writes_matrices(qwen2_dir, tmp_path):
 
 def test_eval_matches_scoring_by_hand(qwen2_dir, capsys):
     from esjax import tasks
-    from esjax.inference import generate_texts, sampling_for
-    from esjax.tokenizer import load_tokenizer
+    from esjax.generation.inference import generate_texts, sampling_for
+    from esjax.generation.tokenizer import load_tokenizer
     assert main(["eval", "--model", str(qwen2_dir), "--task", "conciseness", "--split", "test", "--limit", "6",
                  "--max-new-tokens", "8", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -5,7 +5,8 @@
     interpolation  accuracy along (1 - a) theta_A + a theta_B and along theta_0 + t u
     analyze        every section for a base and named models on tasks -> a report dict
     report         report.json, PNG plots and report.md
-    cli            the ``analyze`` subcommand (``add_parser``, ``run``)
+
+The ``esjax analyze`` subcommand itself is :mod:`esjax.cli.analyze`.
 
 Submodules and the names below load on first use, so that importing the CLI stays cheap.
 """

@@ -22,8 +22,8 @@ import jax
 import numpy as np
 
 from esjax.analysis import SECTIONS, geometry, interpolation, kl, runs
-from esjax.evaluate import EvalResult, PromptSet, evaluate
-from esjax.inference import sampling_for
+from esjax.run.evaluate import EvalResult, PromptSet, evaluate
+from esjax.generation.inference import sampling_for
 from esjax.models import load_model
 
 BASE = "base"
@@ -111,7 +111,7 @@ class Analysis:
         tok_dir = next((m.tokenizer_dir for m in (base, *models.values()) if m.tokenizer_dir is not None), None)
         if tok_dir is None:
             raise ValueError(f"{base.path}: no tokenizer files next to the base model or any model")
-        from esjax.tokenizer import load_tokenizer
+        from esjax.generation.tokenizer import load_tokenizer
         self.tokenizer = load_tokenizer(tok_dir)
         self.config = base.config
         self.sampling = sampling_for(self.config, self.tokenizer, max_new_tokens=self._max_new_tokens())

@@ -4,7 +4,7 @@
     theta(t) = theta_0 + t u                        u a unit update direction, or a random one
 
 Points are built by jitted pytree functions (float32 arithmetic, cast back to theta_A's dtypes) and evaluated
-greedily with :func:`esjax.evaluate.evaluate`; every point shares one compiled generation program.
+greedily with :func:`esjax.run.evaluate.evaluate`; every point shares one compiled generation program.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from esjax.evaluate import EvalResult, PromptSet, evaluate
+from esjax.run.evaluate import EvalResult, PromptSet, evaluate
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import Params
-from esjax.sampling import SamplingConfig
+from esjax.generation.sampling import SamplingConfig
 
 Array = jax.Array
 

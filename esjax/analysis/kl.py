@@ -21,12 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from esjax.evaluate import PromptSet
+from esjax.run.evaluate import PromptSet
 from esjax.grpo.logprobs import from_chunks, to_chunks
 from esjax.grpo.losses import completion_mask
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import Params, hidden_states, logits_from_hidden
-from esjax.sampling import SamplingConfig, generate_jit
+from esjax.generation.sampling import SamplingConfig, generate_jit
 
 Array = jax.Array
 

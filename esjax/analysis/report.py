@@ -9,7 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from esjax.plots import pyplot, plot_matrix
+from esjax.run.plots import pyplot, plot_matrix
 
 
 def _fmt(v: Any, spec: str = ".4g") -> str:

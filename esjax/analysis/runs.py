@@ -16,8 +16,8 @@ import jax
 import numpy as np
 
 from esjax.es import ESConfig, trainable_mask
-from esjax.settings import RunSettings, TaskSettings, load_settings
-from esjax.train import load_task, resolve_model_path
+from esjax.run.settings import RunSettings, TaskSettings, load_settings
+from esjax.run.loop import load_task, resolve_model_path
 
 _STAGE = re.compile(r"(\d+)-(.+)")
 
@@ -134,7 +134,7 @@ def parse_es_hparams(items: Iterable[str]) -> dict[str, tuple[float, int, int]]:
 
 def parse_task_options(items: Iterable[str]) -> dict[str, dict[str, Any]]:
     """``["TASK.KEY=VALUE", ...]`` -> ``{TASK: {KEY: value}}`` (values parsed as YAML)."""
-    from esjax.settings import parse_yaml
+    from esjax.run.settings import parse_yaml
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         key, sep, value = item.partition("=")

@@ -10,8 +10,8 @@ from typing import Any
 
 import optax
 
-from esjax import schedules
-from esjax.config_utils import strict_from_dict
+from esjax.common import schedules
+from esjax.common.strict import strict_from_dict
 
 NOISE_KINDS = ("full", "lowrank")
 NOISE_SCALES = ("uniform", "rms")
@@ -29,7 +29,7 @@ class ESConfig:
         alpha: step size; ``theta <- theta + alpha / N * sum_i w_i eps_i`` (1/sigma folded in). With a schedule,
             the peak value.
         alpha_schedule: "constant" (the paper), or "cosine" / "linear" decay of alpha to 0 at ``total_steps``
-            (see :func:`esjax.schedules.make_schedule`).
+            (see :func:`esjax.common.schedules.make_schedule`).
         warmup_steps: iterations of linear warm-up of alpha from 0 (0: none).
         total_steps: ES iterations of the run, needed by a decaying schedule (``esjax train`` fills it in with
             ``train.iterations`` when it is left out).

@@ -19,11 +19,11 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from esjax.distributed.mesh import MODEL_AXIS, POPULATION_AXIS
 from esjax.es.config import ESConfig
-from esjax.memory import kv_bytes_per_token
+from esjax.run.memory import kv_bytes_per_token
 from esjax.es.noise import FROZEN, FULL, leaf_plan, lowrank_perturb, perturb
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import Params
-from esjax.sampling import GenerateOutput, Population, SamplingConfig, generate
+from esjax.generation.sampling import GenerateOutput, Population, SamplingConfig, generate
 
 Array = jax.Array
 # Members decoded at once on one device ("auto" population_chunk): on CPU, host memory has no XLA limit to read, so

@@ -15,11 +15,11 @@ from esjax import distributed
 from esjax.es.config import ESConfig
 from esjax.es.population import Rollout, make_rollout
 from esjax.es.update import ESState, init_state, update_state
-from esjax.method import Batch, ScoreFn, StepResult
+from esjax.methods.protocol import Batch, ScoreFn, StepResult
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import Params
 from esjax.models.sharding import tree_shardings
-from esjax.sampling import SamplingConfig
+from esjax.generation.sampling import SamplingConfig
 
 # Folded into the run key to derive the sampling keys, so that they differ from the noise keys (which fold the
 # iteration into the bare run key); any constant would do, this one is fixed so that runs replay exactly.
@@ -103,7 +103,7 @@ def es_step(runner: ESRunner, state: ESState, tokens: np.ndarray, mask: np.ndarr
 
 
 class ESMethod:
-    """ES as an :class:`esjax.method.Method`: every member generates for the B prompts of each step."""
+    """ES as an :class:`esjax.methods.protocol.Method`: every member generates for the B prompts of each step."""
 
     def __init__(self, config: ESConfig, model: ModelConfig, sampling: SamplingConfig, mesh: Mesh, params: Params,
                  batch_shape: tuple[int, int]):

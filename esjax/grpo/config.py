@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from esjax import schedules
-from esjax.config_utils import strict_from_dict
+from esjax.common import schedules
+from esjax.common.strict import strict_from_dict
 from esjax.grpo.advantages import SCALES
 from esjax.grpo.losses import LOSS_TYPES
 

@@ -28,11 +28,11 @@ from esjax import distributed
 from esjax.distributed.mesh import DATA_AXIS, MODEL_AXIS
 from esjax.grpo.config import GRPOConfig
 from esjax.grpo.update import GRPOState, init_state, sample_key, train_on_rollout
-from esjax.method import Batch, ScoreFn, StepResult
+from esjax.methods.protocol import Batch, ScoreFn, StepResult
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import Params, param_shapes
 from esjax.models.sharding import tree_shardings
-from esjax.sampling import GenerateOutput, SamplingConfig, generate
+from esjax.generation.sampling import GenerateOutput, SamplingConfig, generate
 
 Array = jax.Array
 PyTree = Any
@@ -157,7 +157,7 @@ def grpo_step(runner: GRPORunner, state: GRPOState, tokens: Any, mask: Any,
     Args:
         tokens, mask: int [B, P] left-padded prompts (the global batch, the same on every process); each is
             repeated G times, consecutively, and each process places only its own devices' rows.
-        score: :data:`esjax.method.ScoreFn`, called with the R rows this process generated (all K = B * G with
+        score: :data:`esjax.methods.protocol.ScoreFn`, called with the R rows this process generated (all K = B * G with
             one process); row ``r`` of the rollout answers prompt ``r // G``.
 
     Returns:
@@ -194,7 +194,7 @@ def grpo_init(runner: GRPORunner, params: Params, run_key: Array) -> GRPOState:
 
 
 class GRPOMethod:
-    """GRPO as an :class:`esjax.method.Method`: each step samples G completions for each of the B prompts,
+    """GRPO as an :class:`esjax.methods.protocol.Method`: each step samples G completions for each of the B prompts,
     scores them on the host and trains on them."""
 
     def __init__(self, config: GRPOConfig, model: ModelConfig, sampling: SamplingConfig, mesh: Mesh, params: Params,

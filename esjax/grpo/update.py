@@ -23,14 +23,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from esjax import schedules
+from esjax.common import schedules
 from esjax.grpo.advantages import group_advantages
 from esjax.grpo.config import GRPOConfig
 from esjax.grpo.logprobs import token_logps
 from esjax.grpo.losses import completion_mask, policy_loss
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import Params, hidden_states, logits_from_hidden
-from esjax.sampling import SamplingConfig
+from esjax.generation.sampling import SamplingConfig
 
 Array = jax.Array
 PyTree = Any

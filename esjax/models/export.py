@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from esjax.files import publish_dir, temp_dir_beside
+from esjax.common.files import publish_dir, temp_dir_beside
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import Params
 from esjax.models.hf import INDEX_FILE, check_param_shapes, copy_tokenizer_files, hf_name_map

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from esjax.files import publish_dir, temp_dir_beside
+from esjax.common.files import publish_dir, temp_dir_beside
 from esjax.models.config import ModelConfig, ModelConfigError
 from esjax.models.decoder import Params, param_shapes
 from esjax.models.hf import copy_tokenizer_files, is_hf_dir, load_hf

@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from esjax.prompts import render
+from esjax.generation.prompts import render
 
 Example = dict[str, Any]
 Messages = list[dict[str, str]]

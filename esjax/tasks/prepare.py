@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from esjax.files import write_text_atomic
+from esjax.common.files import write_text_atomic
 from esjax.tasks.base import Example, TaskDataError
 from esjax.tasks.boolq import BoolQTask
 from esjax.tasks.countdown import validate_countdown_row

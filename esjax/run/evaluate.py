@@ -9,12 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from esjax.inference import check_context
+from esjax.generation.inference import check_context
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import Params
-from esjax.prompts import encode_prompts
-from esjax.sampling import EmptyPromptError, SamplingConfig, bucket_length, generate_jit, pad_prompts
-from esjax.scoring import score_rows
+from esjax.generation.prompts import encode_prompts
+from esjax.generation.sampling import EmptyPromptError, SamplingConfig, bucket_length, generate_jit, pad_prompts
+from esjax.run.scoring import score_rows
 
 
 @dataclasses.dataclass
@@ -34,7 +34,7 @@ class EvalResult:
 
 
 class PromptSet:
-    """Examples with their prompts tokenised once (``esjax.prompts.encode_prompt``), left-padded to one bucketed
+    """Examples with their prompts tokenised once (``esjax.generation.prompts.encode_prompt``), left-padded to one bucketed
     length."""
 
     def __init__(self, task: Any, tokenizer: Any, examples: Sequence[dict], pad_token_id: int):

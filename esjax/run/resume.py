@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from esjax.settings import RunSettings, TaskSettings, load_settings, save_settings, to_dict
+from esjax.run.settings import RunSettings, TaskSettings, load_settings, save_settings, to_dict
 
 CONFIG_FILE = "config.yaml"
 HISTORY_FILE = "settings_history.jsonl"

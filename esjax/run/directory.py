@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from esjax import distributed
-from esjax.settings import RunSettings, save_settings
+from esjax.run.settings import RunSettings, save_settings
 
 # Process 0's verdict on the run directory travels to the others as a fixed-size byte buffer (a broadcast needs the
 # same shape on every process); longer messages are cut, and any real one is a line or two.

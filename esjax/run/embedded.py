@@ -17,7 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Sequence
 
-EMBEDDED_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "tiny_countdown"
+EMBEDDED_MODEL_DIR = Path(__file__).resolve().parents[1] / "assets" / "tiny_countdown"
 BASE_FILE = "esjax_base.json"
 
 
@@ -66,10 +66,10 @@ def eval_examples(task: Any = None, settings: dict[str, Any] | None = None) -> l
 
 def evaluate_greedy(config: Any, params: Any, tokenizer: Any, task: Any, examples: Sequence[dict[str, Any]],
                     max_new_tokens: int, batch_size: int = 200) -> dict[str, Any]:
-    """Greedy accuracy and mean reward of ``params`` on ``examples`` (:func:`esjax.evaluate.evaluate`) as a dict:
+    """Greedy accuracy and mean reward of ``params`` on ``examples`` (:func:`esjax.run.evaluate.evaluate`) as a dict:
     {"accuracy", "mean_reward", "mean_format", "truncated", "n", "completions"}."""
-    from esjax.evaluate import PromptSet, evaluate
-    from esjax.inference import sampling_for
+    from esjax.run.evaluate import PromptSet, evaluate
+    from esjax.generation.inference import sampling_for
 
     sampling = sampling_for(config, tokenizer, max_new_tokens=max_new_tokens)
     result = evaluate(config, params, tokenizer, task, PromptSet(task, tokenizer, examples, sampling.pad_token_id),

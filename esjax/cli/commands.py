@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from esjax.cli_args import EXIT_USER_ERROR, OneLineParser, nonnegative_float, nonnegative_int, positive_int, probability
+from esjax.cli.args import EXIT_USER_ERROR, OneLineParser, nonnegative_float, nonnegative_int, positive_int, probability
 
-DEMO_CONFIG = Path(__file__).resolve().parent / "assets" / "demo_es.yaml"
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "assets" / "demo_es.yaml"
 
 
 class UsageError(Exception):
@@ -19,10 +19,10 @@ class UsageError(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     from esjax.models import CheckpointError, ModelConfigError
     from esjax.models.safetensors_io import SafetensorsError
-    from esjax.scoring import RewardError
-    from esjax.settings import SettingsError
+    from esjax.run.scoring import RewardError
+    from esjax.run.settings import SettingsError
     from esjax.tasks import TaskDataError, UnknownTaskError
-    from esjax.train import RunDirError
+    from esjax.run.loop import RunDirError
     return (UsageError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ModelConfigError,
             CheckpointError, SafetensorsError, SettingsError, RunDirError, RewardError, TaskDataError,
             UnknownTaskError)
@@ -59,9 +59,9 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     import jax
 
-    from esjax.inference import generate_texts, sampling_for
-    from esjax.sampling import EmptyPromptError
-    from esjax.tokenizer import load_tokenizer
+    from esjax.generation.inference import generate_texts, sampling_for
+    from esjax.generation.sampling import EmptyPromptError
+    from esjax.generation.tokenizer import load_tokenizer
     model = _load(args.model, args.dtype)
     if model.tokenizer_dir is None:
         raise UsageError(f"{args.model}: no tokenizer files next to the model")
@@ -85,9 +85,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     import time
 
     from esjax import distributed
-    from esjax.resume import resume_settings
-    from esjax.settings import load_settings
-    from esjax.train import train
+    from esjax.run.resume import resume_settings
+    from esjax.run.settings import load_settings
+    from esjax.run.loop import train
     info = distributed.initialize()  # joins a multi-process run (env / SLURM / Cloud TPU); no-op otherwise
     if args.resume and not args.out:
         raise UsageError("--resume needs --out DIR (the run directory to continue)")
@@ -116,7 +116,7 @@ def _print_summary(summary: dict) -> None:
 
 
 def _task_options(pairs: list[str]) -> dict:
-    from esjax.settings import parse_yaml
+    from esjax.run.settings import parse_yaml
     options = {}
     for pair in pairs:
         if "=" not in pair:
@@ -130,10 +130,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
     import json
 
     from esjax import tasks
-    from esjax.evaluate import PromptSet, evaluate
-    from esjax.inference import sampling_for
-    from esjax.tokenizer import load_tokenizer
-    from esjax.train import resolve_model_path
+    from esjax.run.evaluate import PromptSet, evaluate
+    from esjax.generation.inference import sampling_for
+    from esjax.generation.tokenizer import load_tokenizer
+    from esjax.run.loop import resolve_model_path
     model = _load(str(resolve_model_path(args.model)), args.dtype)
     if model.tokenizer_dir is None:
         raise UsageError(f"{args.model}: no tokenizer files next to the model")
@@ -163,12 +163,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
     """The README's main job: ES fine-tuning of the embedded tiny model on Countdown, on CPU, in minutes."""
     import time
 
-    from esjax.settings import load_settings
-    from esjax.train import train
+    from esjax.run.settings import load_settings
+    from esjax.run.loop import train
     if args.resume and not args.out:
         raise UsageError("--resume needs --out DIR (the demo run directory to continue)")
     if args.resume:
-        from esjax.resume import resume_settings
+        from esjax.run.resume import resume_settings
         settings, _ = resume_settings(args.out, None, args.set)  # the demo run's saved settings
     else:
         settings = load_settings(DEMO_CONFIG, args.set)
@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one machine-readable JSON line")
     p.set_defaults(func=cmd_eval)
 
-    from esjax.analysis.cli import add_parser as add_analyze_parser
+    from esjax.cli.analyze import add_parser as add_analyze_parser
     add_analyze_parser(sub)
     from esjax.tasks.prepare import add_parser as add_data_parser
     add_data_parser(sub)
@@ -285,7 +285,3 @@ def _one_line(error: BaseException) -> str:
     else:
         message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
     return " ".join(str(message).split())
-
-
-if __name__ == "__main__":
-    sys.exit(main())

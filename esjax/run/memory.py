@@ -1,6 +1,6 @@
 """Per-device memory of an ES or GRPO iteration: the formulas of docs/scaling.md, in bytes.
 
-Used by the start-of-run report (:mod:`esjax.run_plan`) and by ``benchmarks/scaling_model.py``; checked against
+Used by the start-of-run report (:mod:`esjax.run.plan`) and by ``benchmarks/scaling_model.py``; checked against
 XLA's compiled memory analysis in ``benchmarks/compiled_memory.py``. ``mp`` is the model axis: a leaf split over it
 costs 1/mp per device; KV heads that do not divide it are replicated (the cache does not split).
 """

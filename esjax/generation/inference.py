@@ -9,8 +9,8 @@ import jax.numpy as jnp
 
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import Params
-from esjax.prompts import encode_prompts
-from esjax.sampling import GenerateOutput, SamplingConfig, completion_ids, generate_jit, pad_prompts
+from esjax.generation.prompts import encode_prompts
+from esjax.generation.sampling import GenerateOutput, SamplingConfig, completion_ids, generate_jit, pad_prompts
 
 
 def eos_ids(config: ModelConfig, tokenizer: Any) -> tuple[int, ...]:

@@ -21,7 +21,7 @@ import yaml
 from esjax import distributed
 from esjax.es.config import ESConfig
 from esjax.grpo.config import GRPOConfig
-from esjax.settings_text import FieldError, SettingsError, apply_overrides, parse_yaml
+from esjax.run.settings_yaml import FieldError, SettingsError, apply_overrides, parse_yaml
 
 
 def _at_least(settings: Any, **minimums: float) -> None:

@@ -1,7 +1,7 @@
 """The start-of-run report: the devices, the mesh, the work and the memory of each device.
 
 Printed when a run starts and written to ``run_plan.json`` in the run directory. The memory estimate per device
-uses :mod:`esjax.memory` (the formulas of docs/scaling.md): the params, the fp32 master or the GRPO optimizer
+uses :mod:`esjax.run.memory` (the formulas of docs/scaling.md): the params, the fp32 master or the GRPO optimizer
 state, the perturbed member copies and the KV cache of one decode.
 """
 
@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
 
-from esjax import distributed, memory
+from esjax import distributed
+from esjax.run import memory
 from esjax.models.config import ModelConfig
 
 GiB = 1 << 30

@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from esjax.analysis import SECTIONS
-from esjax.cli_args import positive_int
+from esjax.cli.args import positive_int
 
 
 def _ints(text: str) -> tuple[int, ...]:

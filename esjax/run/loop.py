@@ -1,6 +1,6 @@
 """The run loop shared by ES and GRPO: data order, rollouts, scoring, evaluation, metrics, checkpoints, stages.
 
-One loop drives both methods through the :class:`esjax.method.Method` interface, so an ES-vs-GRPO comparison
+One loop drives both methods through the :class:`esjax.methods.protocol.Method` interface, so an ES-vs-GRPO comparison
 differs in the algorithm only: same model, sampler, tasks, evaluation, checkpoints and metrics.
 """
 
@@ -17,25 +17,25 @@ import jax
 import numpy as np
 
 from esjax import distributed
-from esjax.checkpoint import RunCheckpoints
+from esjax.run.checkpoints import RunCheckpoints
 from esjax.es.step import ESMethod
-from esjax.evaluate import EvalResult, PromptSet, evaluate
+from esjax.run.evaluate import EvalResult, PromptSet, evaluate
 from esjax.grpo.step import GRPOMethod
-from esjax.inference import check_context, sampling_for
-from esjax.method import Batch, Method, ScoreFn
-from esjax.metrics import MetricsLogger
+from esjax.generation.inference import check_context, sampling_for
+from esjax.methods.protocol import Batch, Method, ScoreFn
+from esjax.run.metrics import MetricsLogger
 from esjax.models import load_model, save_model
 from esjax.models.decoder import Params
 from esjax.models.sharding import param_shardings
-from esjax.resume import CONFIG_FILE, completed_iterations, record_changes, settings_changes
-from esjax.rundir import RunDirError, prepare_run_dir_once
-from esjax.scoring import score_rows
-from esjax.settings import RunSettings, TaskSettings, load_settings, resolve
+from esjax.run.resume import CONFIG_FILE, completed_iterations, record_changes, settings_changes
+from esjax.run.directory import RunDirError, prepare_run_dir_once
+from esjax.run.scoring import score_rows
+from esjax.run.settings import RunSettings, TaskSettings, load_settings, resolve
 
 
 def resolve_model_path(path: str) -> Path:
     if path == "embedded":
-        from esjax.embedded import EMBEDDED_MODEL_DIR
+        from esjax.run.embedded import EMBEDDED_MODEL_DIR
         return Path(EMBEDDED_MODEL_DIR)
     return Path(path).expanduser()
 
@@ -88,7 +88,7 @@ class Run:
 
     def __init__(self, settings: RunSettings, out_dir: str | Path, *, resume: bool = False, progress: bool = True,
                  log: Callable[[str], None] = print, changes: Mapping[str, tuple[Any, Any]] | None = None):
-        """``changes``: on resume, how ``settings`` differ from the saved ones (:func:`esjax.resume.resume_settings`);
+        """``changes``: on resume, how ``settings`` differ from the saved ones (:func:`esjax.run.resume.resume_settings`);
         recorded in the run directory once the saved state is restored."""
         settings = settings if settings.mesh is not None else resolve(settings)
         self.settings, self.out_dir, self.progress = settings, Path(out_dir), progress
@@ -106,7 +106,7 @@ class Run:
                            sharding=lambda config: param_shardings(self.mesh, config))
         if model.tokenizer_dir is None:
             raise RunDirError(f"{settings.model.path}: the model has no tokenizer files")
-        from esjax.tokenizer import load_tokenizer
+        from esjax.generation.tokenizer import load_tokenizer
         self.model, self.tokenizer = model, load_tokenizer(model.tokenizer_dir)
         self.eval_sampling = sampling_for(model.config, self.tokenizer, temperature=0.0, max_new_tokens=(
             settings.sampling.eval_max_new_tokens or settings.sampling.max_new_tokens))
@@ -126,7 +126,7 @@ class Run:
         unexpected = sorted(set(differ) - set(self.changes))
         if unexpected:
             raise RunDirError(f"{self.out_dir}: the settings differ from the run's {CONFIG_FILE} in "
-                              f"{', '.join(unexpected)}; resume with esjax.resume.resume_settings (esjax train "
+                              f"{', '.join(unexpected)}; resume with esjax.run.resume.resume_settings (esjax train "
                               f"--resume without CONFIG, or with --allow-changes)")
 
     def _build_stages(self) -> list[Stage]:
@@ -239,9 +239,9 @@ class Run:
         return make_method(self.settings, self.model.config, self.tokenizer, self.mesh, params, shape)
 
     def _report_plan(self) -> None:
-        """The start-of-run report (:mod:`esjax.run_plan`): logged, and ``run_plan.json`` in the run directory."""
+        """The start-of-run report (:mod:`esjax.run.plan`): logged, and ``run_plan.json`` in the run directory."""
         from esjax.es.population import members_at_once
-        from esjax.run_plan import format_plan, plan_report
+        from esjax.run.plan import format_plan, plan_report
         s, shape = self.settings, self._batch_shape(self.stages[0])
         new_tokens = s.sampling.max_new_tokens
         at_once = members_at_once(s.es, self.model.config, new_tokens, self.mesh, self.model.params, shape) \
@@ -285,7 +285,7 @@ class Run:
         bar.update(1)
 
     def _finish(self, params: Params, records: list[dict], matrices: dict) -> dict[str, Any]:
-        from esjax.plots import plot_matrix, plot_training
+        from esjax.run.plots import plot_matrix, plot_training
         final_dir = self.out_dir / "stages" / self.stages[-1].label
         summary: dict[str, Any] = {"run_dir": str(self.out_dir), "final_model": str(final_dir),
                                    "iterations": self.stages[-1].end, "method": self.settings.method}

@@ -1,0 +1,5 @@
+import sys
+
+from esjax.cli.commands import main
+
+sys.exit(main())
