@@ -74,3 +74,32 @@ def build_word_tokenizer(out_dir: str | Path, words: list[str]) -> None:
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token=words[0], pad_token=words[1], unk_token="[UNK]")
     tok.save_pretrained(str(out_dir))
+
+
+def make_hub_cache(model_dir: str | Path, hf_home: str | Path, repo_id: str, revisions: tuple[str, ...] = ("main",),
+                   commit: str = "0123456789abcdef0123456789abcdef01234567") -> Path:
+    """Lay out ``model_dir``'s files as huggingface_hub caches a download of ``repo_id``, under
+    ``hf_home/hub/models--org--name``: each file's bytes in ``blobs/<sha256>``, ``snapshots/<commit>/<file>`` a
+    relative symlink to its blob, and ``refs/<revision>`` holding the commit for every revision name. Returns the
+    snapshot folder. With ``HF_HOME=hf_home`` and ``HF_HUB_OFFLINE=1``, ``repo_id`` loads from this cache."""
+    import hashlib
+    import os
+
+    repo = Path(hf_home) / "hub" / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for file in sorted(Path(model_dir).iterdir()):
+        if not file.is_file():
+            continue
+        data = file.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        link = snapshot / file.name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(os.path.relpath(blob, snapshot))
+    (repo / "refs").mkdir(exist_ok=True)
+    for revision in revisions:
+        (repo / "refs" / revision).write_text(commit)
+    return snapshot

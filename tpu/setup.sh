@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Copy this checkout to every worker and install esjax with JAX for TPU (--worker=all), optionally mounting a
 # GCS bucket (BUCKET) at MOUNT with gcsfuse so that every worker sees the same run directory, and downloading
-# a Hugging Face model (HF_MODEL, e.g. Qwen/Qwen2.5-1.5B-Instruct) to MODEL_DIR on every worker.
+# a Hugging Face model (HF_MODEL, e.g. Qwen/Qwen2.5-1.5B-Instruct) into every worker's Hugging Face cache.
 #   TPU_NAME=esjax-v5e ZONE=us-west4-a BUCKET=my-esjax-runs HF_MODEL=Qwen/Qwen2.5-1.5B-Instruct tpu/setup.sh
 # shellcheck source=tpu/env.sh
 source "$(dirname "$0")/env.sh"
@@ -40,8 +40,8 @@ if [[ -n "${BUCKET}" ]]; then
     mountpoint -q $(quoted "${MOUNT}") || gcsfuse --implicit-dirs $(quoted "${BUCKET}" "${MOUNT}")"
 fi
 if [[ -n "${HF_MODEL:-}" ]]; then
-  # configs name models as ~/models/<name> (e.g. ~/models/Qwen2.5-7B-Instruct)
-  MODEL_DIR="${MODEL_DIR:-models/$(basename "${HF_MODEL}")}"
-  download='import sys; from huggingface_hub import snapshot_download as get; get(sys.argv[1], local_dir=sys.argv[2])'
-  tpu_ssh all "cd ~ && ${repo}/.venv/bin/python -c $(quoted "${download}" "${HF_MODEL}" "${MODEL_DIR}")"
+  # configs name models by Hub ID (e.g. Qwen/Qwen2.5-7B-Instruct): fetch it into each worker's Hugging Face cache
+  # now (only config, generation config, safetensors and tokenizer files), so the run starts without downloading
+  download='import sys; from esjax.models.hub import download; print(download(sys.argv[1]))'
+  tpu_ssh all "cd ~ && ${repo}/.venv/bin/python -c $(quoted "${download}" "${HF_MODEL}")"
 fi

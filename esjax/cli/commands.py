@@ -30,15 +30,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def _load(path: str, dtype: str | None = None):
     from esjax.models import load_model
-    if not Path(path).exists():
-        raise UsageError(f"{path}: no such model directory or checkpoint")
-    return load_model(path, dtype=dtype)
+    return load_model(path, dtype=dtype)  # a folder, a checkpoint or a Hub ID; ModelNotFoundError otherwise
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
     from esjax.models import save_model
-    model = _load(args.from_hf, args.dtype)
-    if model.source_dir is None or not Path(args.from_hf, "config.json").is_file():
+    from esjax.models.hub import resolve_model_path
+    source = resolve_model_path(args.from_hf)
+    model = _load(str(source), args.dtype)
+    if model.source_dir is None or not Path(source, "config.json").is_file():
         raise UsageError(f"{args.from_hf}: --from-hf expects a Hugging Face model directory")
     out = save_model(args.out, model.config, model.params, source_dir=model.source_dir, overwrite=args.overwrite)
     print(f"wrote esjax checkpoint {out}")
@@ -59,22 +59,31 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_generate(args: argparse.Namespace) -> None:
     import jax
 
-    from esjax.generation.inference import generate_texts, sampling_for
+    from esjax.generation.inference import generate_texts, model_sampling, unsupported_generation_fields
     from esjax.generation.sampling import EmptyPromptError
     from esjax.generation.tokenizer import load_tokenizer
+    if args.greedy and any(v is not None for v in (args.temperature, args.top_p, args.top_k)):
+        raise UsageError("--greedy cannot be combined with --temperature, --top-p or --top-k")
     model = _load(args.model, args.dtype)
     if model.tokenizer_dir is None:
         raise UsageError(f"{args.model}: no tokenizer files next to the model")
     tokenizer = load_tokenizer(model.tokenizer_dir)
     prompt = [{"role": "user", "content": args.prompt}] if args.chat else args.prompt
-    sampling = sampling_for(model.config, tokenizer, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                            top_p=args.top_p, top_k=args.top_k)
+    flags = {"temperature": 0.0, "top_p": 1.0, "top_k": 0} if args.greedy else \
+        {"temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k}
+    sampling = model_sampling(model.config, tokenizer, max_new_tokens=args.max_new_tokens, **flags)
     try:
         texts, _ = generate_texts(model.config, model.params, tokenizer, [prompt] * args.num_samples, sampling,
                                   jax.random.key(args.seed))
     except EmptyPromptError:
         raise UsageError(f"--prompt {args.prompt!r} encodes to no tokens with the model's tokenizer "
                          f"({type(tokenizer).__name__} from {model.tokenizer_dir})") from None
+    how = "greedy" if sampling.greedy else (f"temperature {sampling.temperature:g}, top_p {sampling.top_p:g}, "
+                                            f"top_k {sampling.top_k}")
+    ignored = unsupported_generation_fields(model.config)
+    note = f"; not applied: {', '.join(f'{k} {v}' for k, v in ignored.items())}" if ignored else ""
+    print(f"decoding: {how}, at most {sampling.max_new_tokens} new tokens (flags over the model's "
+          f"generation_config.json{note})", file=sys.stderr)
     for i, text in enumerate(texts):
         if args.num_samples > 1:
             print(f"--- sample {i}")
@@ -217,10 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="PATH")
     p.add_argument("--prompt", required=True)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
-    p.add_argument("--max-new-tokens", type=positive_int, default=64)
-    p.add_argument("--temperature", type=nonnegative_float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=probability, default=1.0)
-    p.add_argument("--top-k", type=nonnegative_int, default=0)
+    p.add_argument("--max-new-tokens", type=positive_int, default=None,
+                   help="default: the model's generation_config.json, else 64")
+    p.add_argument("--temperature", type=nonnegative_float, default=None,
+                   help="0 = greedy (default: the model's generation_config.json, as transformers' generate)")
+    p.add_argument("--top-p", type=probability, default=None)
+    p.add_argument("--top-k", type=nonnegative_int, default=None, help="0 = no top-k filter")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding whatever generation_config.json says")
     p.add_argument("--num-samples", type=positive_int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=dtypes, default=None)

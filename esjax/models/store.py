@@ -26,6 +26,7 @@ from esjax.common.files import publish_dir, temp_dir_beside
 from esjax.models.config import ModelConfig, ModelConfigError
 from esjax.models.decoder import Params, param_shapes
 from esjax.models.hf import copy_tokenizer_files, is_hf_dir, load_hf
+from esjax.models.hub import resolve_model_path
 
 MODEL_FILE = "esjax_model.json"
 WRITE_CHUNK_BYTES = 16 << 20  # orbax writes each leaf in chunks of at most this size
@@ -141,14 +142,13 @@ def restore_params(directory: str | Path, config: ModelConfig, dtype: Any, shard
 
 
 def load_model(path: str | Path, dtype: Any = None, sharding: Any = None) -> LoadedModel:
-    """Load an HF model directory or an esjax checkpoint. ``dtype`` None keeps the stored dtype.
+    """Load an HF model directory, an esjax checkpoint or a Hub model ID (``org/name[@revision]``, through the
+    Hugging Face cache: :mod:`esjax.models.hub`). ``dtype`` None keeps the stored dtype.
 
     ``sharding``: a Sharding, a pytree of them matching the params, or a function ``config -> either`` (so a
     mesh's partition rules can be applied before the weights are read: see ``esjax.distributed``).
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file or directory")
+    path = resolve_model_path(path)
     if is_esjax_checkpoint(path):
         config, stored = read_model_config(path)
         sharding = sharding(config) if callable(sharding) else sharding

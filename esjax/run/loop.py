@@ -24,6 +24,7 @@ from esjax.grpo.step import GRPOMethod
 from esjax.generation.inference import check_context, sampling_for
 from esjax.methods.protocol import Batch, Method, ScoreFn
 from esjax.run.metrics import MetricsLogger
+from esjax.models import hub as models_hub
 from esjax.models import load_model, save_model
 from esjax.models.decoder import Params
 from esjax.models.sharding import param_shardings
@@ -34,10 +35,11 @@ from esjax.run.settings import RunSettings, TaskSettings, load_settings, resolve
 
 
 def resolve_model_path(path: str) -> Path:
+    """A local folder for a model path: ``embedded``, a folder or checkpoint, or a Hub ID (fetched or cached)."""
     if path == "embedded":
         from esjax.run.embedded import EMBEDDED_MODEL_DIR
         return Path(EMBEDDED_MODEL_DIR)
-    return Path(path).expanduser()
+    return models_hub.resolve_model_path(path)
 
 
 def load_task(stage: TaskSettings):
