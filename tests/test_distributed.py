@@ -1,6 +1,7 @@
 """esjax.distributed in one process: process-group discovery, meshes, partition rules, sharded seed replay, and
 tensor parallelism (a "model" mesh axis) giving the results of the unsharded model for forward, ES and GRPO."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -151,11 +152,9 @@ def test_member_noise_of_model_sharded_params_equals_unsharded(noise):
     if noise == "full":  # generated straight into the leaf's sharding
         assert _leaf(got[0], Q_KERNEL).sharding.spec == P(None, "model")
     # bitwise: the draws, and full rank / low rank's factored form of the perturbed params
-    for a, b in zip(jax.tree.leaves(want[:2]), jax.tree.leaves(got[:2])):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    chex.assert_trees_all_equal(want[:2], got[:2])
     # a materialised low-rank a @ b.T is a (split) matmul: equal up to rounding
-    for a, b in zip(jax.tree.leaves(want[2]), jax.tree.leaves(got[2])):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_close(want[2], got[2], rtol=1e-6, atol=1e-7)
 
 
 # ------------------------------------------------------------------------------------------ tensor parallel
@@ -192,8 +191,7 @@ def test_es_step_model_axis_2_equals_model_axis_1(noise):
     assert _leaf(two.params, Q_KERNEL).sharding.spec == P(None, "model")
     assert _leaf(two.master, Q_KERNEL).sharding.spec == P(None, "model")
     assert m1.reward_mean == m2.reward_mean  # the same completions
-    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    chex.assert_trees_all_close(one.params, two.params, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -218,8 +216,7 @@ def test_grpo_step_model_axis_2_equals_model_axis_1():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(a).max())
     # ... and so do the params, within 1% of Adam's first step (lr * g / (|g| + eps) ~ lr * sign(g)), which turns
     # a reordering difference in a near-zero gradient element into a visible one
-    for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-2 * config.learning_rate, rtol=1e-4)
+    chex.assert_trees_all_close(one.params, two.params, atol=1e-2 * config.learning_rate, rtol=1e-4)
 
 
 # --------------------------------------------------------------------------------------- host <-> devices

@@ -2,6 +2,7 @@
 
 import zlib
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -65,7 +66,7 @@ def test_antithetic_pairs_are_exact_negatives(noise):
     config, params = ESConfig(population_size=4, antithetic=True, noise=noise), make_params()
     eps = [member_noise(config, params, KEY, 7, m) for m in range(4)]
     for k in range(2):
-        jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, -b), eps[2 * k], eps[2 * k + 1])
+        chex.assert_trees_all_equal(eps[2 * k], jax.tree.map(jnp.negative, eps[2 * k + 1]))
     jax.tree.map(lambda a, b: np.testing.assert_array_less(abs(corr(a, b)), 0.5), eps[0], eps[2])
     # Without antithetic sampling, neighbours are independent draws.
     plain = [member_noise(ESConfig(noise=noise), params, KEY, 7, m) for m in range(2)]
@@ -155,7 +156,7 @@ def test_perturb_adds_sigma_eps_in_fp32(dtype):
     config, params = ESConfig(sigma=0.1), make_params(dtype)
     moved, eps = perturb(config, params, KEY, 1, 2), member_noise(config, params, KEY, 1, 2)
     expected = jax.tree.map(lambda p, e: (p.astype(jnp.float32) + 0.1 * e).astype(dtype), params, eps)
-    jax.tree.map(np.testing.assert_array_equal, moved, expected)
+    chex.assert_trees_all_equal(moved, expected)
     assert all(x.dtype == dtype for x in jax.tree.leaves(moved))
 
 

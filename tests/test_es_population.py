@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -112,6 +113,6 @@ def test_prompt_chunks_match_one_decode(noise, temperature):
         rollout = make_rollout(es, CONFIG, sampling, mesh, PARAMS, TOKENS.shape)
         out = rollout(PARAMS, jax.random.key(1), jnp.int32(4), TOKENS, MASK, jax.random.key(0))
         results.append(jax.tree.map(np.asarray, out))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), *results)
+    chex.assert_trees_all_close(*results, atol=1e-6)
     with pytest.raises(ValueError, match="prompt_chunk=2 must divide the 3 prompts"):
         make_rollout(ESConfig(population_size=4, prompt_chunk=2), CONFIG, sampling, mesh, PARAMS, TOKENS.shape)

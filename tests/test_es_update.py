@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,7 +47,7 @@ def fp32(tree):
 
 
 def assert_tree_close(actual, expected, **tol):
-    jax.tree.map(lambda a, e: np.testing.assert_allclose(np.asarray(a, np.float64), e, **tol), actual, expected)
+    chex.assert_trees_all_close(jax.tree.map(lambda a: np.asarray(a, np.float64), actual), expected, **tol)
 
 
 es_gradient_jit = jax.jit(es_gradient, static_argnums=0)
@@ -144,7 +145,7 @@ def test_optax_sgd_and_update_state_reproduce_the_plain_update():
         s_sgd, m_sgd = update_state_jit(sgd, s_sgd, fitness)
     assert int(s_sgd.iteration) == 3 and s_plain.opt_state is None and s_plain.master is None
     assert not np.allclose(expected["proj"]["kernel"], make_params()["proj"]["kernel"])
-    jax.tree.map(np.testing.assert_array_equal, s_plain.params, expected)
+    chex.assert_trees_all_equal(s_plain.params, expected)
     assert_tree_close(s_sgd.params, fp32(expected), rtol=0, atol=1e-7)
     np.testing.assert_allclose(m_sgd["update_norm"], m_plain["update_norm"], rtol=1e-6)
     assert set(m_plain) == {"fitness_mean", "fitness_std", "fitness_min", "fitness_max", "nonfinite", "update_norm",
@@ -165,7 +166,7 @@ def test_alpha_schedule_scales_each_step(optimizer):
         state, metrics = update_state_jit(decayed, state, fitness)
         np.testing.assert_allclose(metrics["alpha"], alpha_t, rtol=1e-6, atol=1e-9)
         if t == total:
-            jax.tree.map(np.testing.assert_array_equal, state.params, before)
+            chex.assert_trees_all_equal(state.params, before)
             break
         expected = apply_update_jit(ESConfig(population_size=N, alpha=alpha_t), before, KEY, t, fitness)
         assert_tree_close(state.params, fp32(expected), rtol=0, atol=1e-6)

@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import chex
 import jax
-import numpy as np
 import pytest
 
 from esjax.cli.commands import main
@@ -80,7 +80,7 @@ def test_hub_id_resolves_to_the_cached_snapshot(offline_cache, sampling_model):
         assert (folder / "config.json").read_bytes() == (sampling_model / "config.json").read_bytes()
     hub, local = load_model(REPO), load_model(sampling_model)
     assert hub.config == local.config
-    jax.tree.map(np.testing.assert_array_equal, hub.params, local.params)
+    chex.assert_trees_all_equal(hub.params, local.params)
     assert load_tokenizer(hub.tokenizer_dir)("3 + 4")["input_ids"] == load_tokenizer(sampling_model)("3 + 4")["input_ids"]
 
 

@@ -2,6 +2,7 @@
 
 import json
 
+import chex
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -202,8 +203,8 @@ def test_esjax_checkpoint_round_trip(tiny_model_dirs, tmp_path):
     path = models.save_model(tmp_path / "ckpt", config, params, source_dir=tiny_model_dirs["qwen3"])
     loaded = models.load_model(path)
     assert loaded.config == config and loaded.tokenizer_dir is not None
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(loaded.params)):
-        assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
+    chex.assert_trees_all_equal_dtypes(params, loaded.params)
+    chex.assert_trees_all_equal(params, loaded.params)
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:2]), ("model",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     placed = models.load_model(path, sharding=sharding).params

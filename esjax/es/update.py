@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -108,7 +109,8 @@ def make_optimizer(config: ESConfig, params: PyTree) -> optax.GradientTransforma
 
 
 def init_state(config: ESConfig, params: PyTree, run_key: Array) -> ESState:
-    """Iteration 0: fp32 master copy and optimizer state as ``config`` asks."""
+    """Iteration 0: fp32 master copy and optimizer state as ``config`` asks. ``params``: floating leaves."""
+    chex.assert_type(jax.tree.leaves(params), float)
     opt = make_optimizer(config, params)
     return ESState(params=params, master=_fp32(params) if config.master_fp32 else None,
                    opt_state=None if opt is None else opt.init(_fp32(params)),
@@ -125,6 +127,9 @@ def update_state(config: ESConfig, state: ESState, fitness: Array) -> tuple[ESSt
     """
     if (state.master is not None) != config.master_fp32:
         raise ValueError(f"config.master_fp32={config.master_fp32} does not match the state (see init_state).")
+    chex.assert_shape(state.iteration, ())
+    if state.master is not None:
+        chex.assert_trees_all_equal_shapes(state.params, state.master)
     weights, metrics = shape_fitness(config, fitness)
     grad = es_gradient(config, state.params, state.run_key, state.iteration, weights)
     theta = _fp32(state.params) if state.master is None else state.master

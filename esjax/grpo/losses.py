@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 from jax import Array
@@ -117,6 +118,9 @@ def policy_loss(
     old = jax.lax.stop_gradient(logps) if old_logps is None else jnp.asarray(old_logps, dtype)
     adv = jnp.asarray(advantages, dtype)[:, None]
     mask = jnp.asarray(mask).astype(dtype)
+    chex.assert_rank(logps, 2)
+    chex.assert_equal_shape([logps, old, mask, *([] if ref_logps is None else [jnp.asarray(ref_logps)])])
+    chex.assert_shape(adv, (logps.shape[0], 1))
     eps_low, eps_high = epsilon, epsilon if epsilon_high is None else epsilon_high
 
     ratio = jnp.exp(logps - old)

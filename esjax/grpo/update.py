@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -95,6 +96,7 @@ def _cast_like(tree: PyTree, like: PyTree) -> PyTree:
 def init_state(config: GRPOConfig, params: Params, run_key: Array) -> GRPOState:
     """Step 0. ``params`` becomes ``state.params`` without a copy (the train step donates it); the master and the
     reference are copies. The master exists only with ``master_fp32`` and some leaf narrower than float32."""
+    chex.assert_type(jax.tree.leaves(params), float)
     narrow = any(x.dtype != jnp.float32 for x in jax.tree.leaves(params))
     master = _copy(params, jnp.float32) if config.master_fp32 and narrow else None
     opt_state = make_optimizer(config).init(params if master is None else master)
@@ -124,6 +126,9 @@ def completion_logps(model_config: ModelConfig, params: Params, tokens: Array, a
 def build_batch(config: GRPOConfig, sampling: SamplingConfig, prompt_tokens: Array, prompt_mask: Array,
                 completions: Array, rewards: Array) -> RolloutBatch:
     """Sequences, masks and advantages from prompts [K, P], completions [K, T] and float rewards [K] (NaN ok)."""
+    chex.assert_rank([prompt_tokens, prompt_mask, completions, rewards], [2, 2, 2, 1])
+    chex.assert_equal_shape([prompt_tokens, prompt_mask])
+    chex.assert_equal_shape_prefix([prompt_tokens, completions, rewards], 1)
     cmask = completion_mask(completions, sampling.eos_token_ids)
     return RolloutBatch(tokens=jnp.concatenate([prompt_tokens, completions], axis=1).astype(jnp.int32),
                         attention_mask=jnp.concatenate([prompt_mask.astype(jnp.int32), cmask], axis=1),
