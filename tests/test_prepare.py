@@ -194,13 +194,33 @@ def test_paper_countdown_copy(tmp_path):
 
 
 def test_parquet_source(tmp_path):
-    pq = pytest.importorskip("pyarrow.parquet")
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa  # a test dependency (the public data sets' own format): CI runs this test
+    import pyarrow.parquet as pq
+
     rows = boolq_rows(5, "p")
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "train.parquet")
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "validation.parquet")
     prepare("boolq", tmp_path, [f"train={tmp_path / 'train.parquet'}", f"validation={tmp_path / 'validation.parquet'}"])
     assert read_jsonl(tmp_path / "boolq_train.jsonl") == rows
+    math_train = [dict(r, level=f"Level {r['level']}") for r in math_rows(60, "t")]  # the original MATH's strings
+    pq.write_table(pa.Table.from_pylist(math_train), tmp_path / "mt.parquet")
+    pq.write_table(pa.Table.from_pylist(math_rows(7, "e")), tmp_path / "me.parquet")
+    prepare("math", tmp_path / "m", [f"train={tmp_path / 'mt.parquet'}", f"test={tmp_path / 'me.parquet'}"],
+            train_size=10)
+    assert [r["level"] for r in read_jsonl(tmp_path / "m" / "math_train.jsonl")] == [f"Level {lv}" for lv in
+                                                                                    (1, 1, 2, 2, 3, 3, 4, 4, 5, 5)]
+
+
+def test_errors_name_the_files_own_field(tmp_path, capsys):
+    out = tmp_path / "out"
+    bad = countdown_rows(300)
+    bad[7]["nums"] = "1 2 3"
+    _fails(capsys, ["data", "prepare", "countdown_boxed", "--out", str(out), "--from",
+                    str(write_jsonl(tmp_path / "c.jsonl", bad))], "row 7: field 'nums' must be", out)
+    no_level = [{k: v for k, v in r.items() if k != "level"} for r in math_rows(20, "n")]
+    _fails(capsys, ["data", "prepare", "math", "--out", str(out), "--from",
+                    f"train={write_jsonl(tmp_path / 'n.jsonl', no_level)}", "--from", f"test={tmp_path / 'n.jsonl'}"],
+           "train row 0 has no field 'level'", out)
 
 
 def test_missing_prepared_files_name_the_command(tmp_path):

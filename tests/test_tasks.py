@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 import esjax.tasks as tasks
 from esjax.tasks import TaskDataError, UnknownTaskError, safe_eval
 from esjax.tasks.arithmetic import MAX_ABS, number_literals
-from esjax.tasks.boxed import last_boxed, math_equal, normalize_math
+from esjax.tasks.boxed import last_boxed
+from esjax.tasks.math_equality import math_equal, normalize_math
 from esjax.tasks.countdown import format_score, last_answer_block, paper_prompt
 from esjax.tasks.procedural import problem_key
 
@@ -311,7 +312,8 @@ def test_math_task():
     task = tasks.get("math")
     ex = task.split("test")[0]  # 1/2 + 1/3 = 5/6
     assert task.reward("... so the sum is \\boxed{\\dfrac{5}{6}}", ex) == (1.0, {"answer": 1.0, "boxed": 1.0})
-    assert task.reward("\\boxed{5/6}", ex)[0] == 0.0  # the reference compares a/b only with a plain number
+    assert task.reward("\\boxed{5/6}", ex)[0] == 1.0
+    assert tasks.get("math", grader="reference").reward("\\boxed{5/6}", ex)[0] == 0.0  # a/b only vs a plain number
     assert tasks.get("math", lenient=True).reward("\\boxed{5/6}", ex)[0] == 1.0
     assert task.reward("\\boxed{0.8}", ex) == (0.0, {"answer": 0.0, "boxed": 1.0})
     assert task.reward("5/6", ex) == (0.0, {"answer": 0.0, "boxed": 0.0})

@@ -119,20 +119,20 @@ MATH = [
     ("5", "\\boxed{5}", 1.0), ("5", "\\boxed{5.0}", 1.0), ("5", "\\boxed{5.00}", 1.0), ("5", "\\boxed{ 5 }", 1.0),
     ("\\frac{1}{2}", "\\boxed{\\dfrac{1}{2}}", 1.0), ("\\frac{1}{2}", "\\boxed{\\tfrac{1}{2}}", 1.0),
     ("\\frac{1}{2}", "\\boxed{0.5}", 1.0), ("0.5", "\\boxed{1/2}", 1.0), ("0.5", "\\boxed{\\frac{1}{2}}", 1.0),
-    ("\\frac{1}{2}", "\\boxed{\\frac12}", 0.0),             # not the same string, and not read as a number
+    ("\\frac{1}{2}", "\\boxed{\\frac12}", 1.0),             # the same LaTeX
     ("\\frac{\\sqrt{3}}{2}", "\\boxed{\\frac{\\sqrt{3}}{2}}", 1.0),   # nested braces
     ("\\frac{\\sqrt{3}}{2}", "\\boxed{\\dfrac{\\sqrt{3}}{2}}", 1.0),
     ("y=5", "\\boxed{x=5}", 0.0), ("11", "\\boxed{-x = 11}", 0.0), ("5", "\\boxed{x = 5}", 0.0),
     ("-3", "\\boxed{3}", 0.0), ("3", "\\boxed{-3}", 0.0), ("2", "\\boxed{\\sqrt{4}}", 0.0),
     ("5", "\\fbox{5}", 0.0), ("5", "\\boxed 5", 0.0), ("5", "\\boxed{5", 0.0), ("5", "The answer is 5.", 0.0),
     ("5", "\\boxed{}", 0.0), ("5", "\\boxed{3} no, \\boxed{5}", 1.0), ("5", "\\boxed{5} no, \\boxed{3}", 0.0),
-    ("5", "\\boxed{5 \\text{ cm}}", 0.0),                   # units stay
+    ("5", "\\boxed{5 \\text{ cm}}", 1.0),                   # units go (tests/test_tasks_math.py)
     ("10\\%", "\\boxed{10}", 1.0), ("90^\\circ", "\\boxed{90}", 1.0), ("\\$15", "\\boxed{15}", 1.0),
     ("1000", "\\boxed{1,000}", 1.0), ("1000", "\\boxed{1000.0}", 1.0),
     ("\\text{(B)}", "\\boxed{\\text{(B)}}", 1.0), ("(B)", "\\boxed{\\text{(B)}}", 1.0),
     ("(1,2)", "\\boxed{(1, 2)}", 1.0), ("(1,2)", "\\boxed{(2,1)}", 0.0),
 ]
-# the reference scores these 1.0; each is a different number (its numeric reading was wrong), so esjax scores 0
+# the reference scores these 1.0 (grader: reference); each is a different number, so esjax's grader scores 0
 MATH_REFERENCE_FALSE_POSITIVES = [
     ("\\frac{1}{2}", "\\boxed{\\frac{1}{2}x}"),   # a prefix read as 1/2
     ("0.5", "\\boxed{1/2/3}"),                    # read as 1/2
@@ -196,6 +196,7 @@ def test_math_reward(gold, completion, expected):
 @pytest.mark.parametrize("gold, completion", MATH_REFERENCE_FALSE_POSITIVES)
 def test_math_rejects_the_references_false_positives(gold, completion):
     assert tasks.get("math").reward(completion, {"problem": "p", "answer": gold})[0] == 0.0
+    assert tasks.get("math", grader="reference").reward(completion, {"problem": "p", "answer": gold})[0] == 1.0
 
 
 @pytest.mark.parametrize("answer, completion, expected", BOOLQ)
@@ -229,7 +230,7 @@ LENIENT = [
     ("countdown_boxed", {"numbers": [2, 3, 1], "target": 8}, "\\boxed{2**3*1}", 1.0, 0.0),
     ("math", {"problem": "p", "answer": "5"}, "\\boxed{x = 5}", 0.0, 1.0),
     ("math", {"problem": "p", "answer": "5"}, "\\fbox{5}", 0.0, 1.0),
-    ("math", {"problem": "p", "answer": "5"}, "\\boxed{5 \\text{ cm}}", 0.0, 1.0),
+    ("math", {"problem": "p", "answer": "5"}, "\\boxed{5 cm}", 0.0, 1.0),
     ("math", {"problem": "p", "answer": "y=5"}, "\\boxed{x=5}", 0.0, 0.0),
     ("math", {"problem": "p", "answer": "11"}, "\\boxed{-x = 11}", 0.0, 0.0),
     ("boolq", {"question": "q", "passage": "p", "answer": False}, "Answer: no", 0.0, 1.0),

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import esjax.tasks as tasks
-from esjax.tasks.boxed import last_boxed, math_equal, normalize_math
+from esjax.tasks.boxed import last_boxed
+from esjax.tasks.math_equality import math_equal, normalize_math
 
 MB = 2 ** 20
 # A hang guard, not a speed test: a call that has not returned after this long is stuck (exponential regex
@@ -68,6 +69,8 @@ def _tasks():
             out[name + "+partial_credit"] = tasks.get(name, train_size=4, test_size=4, partial_credit=0.5)
         elif not name.startswith("test_user"):
             out[name] = tasks.get(name)
+    out["math+reference"] = tasks.get("math", grader="reference")
+    out["math+lenient"] = tasks.get("math", lenient=True)
     return out
 
 

@@ -14,8 +14,9 @@ with ``load_task_file(path)`` or named as ``get("path/to/file.py:name")``.
 from esjax.tasks.arithmetic import number_literals, safe_eval
 from esjax.tasks.base import (Example, Task, TaskDataError, UnknownTaskError, get, load_task_file, names,
                               register)
-from esjax.tasks.boxed import last_boxed, math_equal, normalize_math
+from esjax.tasks.boxed import last_boxed
 from esjax.tasks.io import FileTask, data_path, load_records
+from esjax.tasks.math_equality import math_equal, normalize_math
 
 # importing the task modules registers the built-in tasks
 from esjax.tasks import (boolq, conciseness, countdown, countdown_boxed,  # noqa: E402,F401  isort: skip

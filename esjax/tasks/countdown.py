@@ -217,12 +217,13 @@ def check_partial_credit(weight: Any) -> float:
 
 def validate_countdown_row(row: dict[str, Any]) -> dict[str, Any]:
     """Check a Countdown record; ``nums`` (the Hugging Face Countdown layout) is accepted for ``numbers``."""
-    if "numbers" not in row and "nums" in row:
-        row = {**row, "numbers": row["nums"]}
-    numbers = row.get("numbers")
+    field = "nums" if "numbers" not in row and "nums" in row else "numbers"  # errors name the file's own column
+    numbers = row.get(field)
     if (not isinstance(numbers, list) or not numbers
             or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in numbers)):
-        raise ValueError(f"field 'numbers' must be a non-empty list of non-negative integers, got {numbers!r:.60}")
+        raise ValueError(f"field {field!r} must be a non-empty list of non-negative integers, got {numbers!r:.60}")
+    if field == "nums":
+        row = {**row, "numbers": numbers}
     if target_value(row.get("target")) is None:
         raise ValueError(f"field 'target' must be a finite number or a numeric string, got {row.get('target')!r:.60}")
     if "context" in row and not isinstance(row["context"], str):

@@ -5,7 +5,8 @@ Prompt: the reference's system turn, then ``"Numbers: [79, 88, 33]\\nTarget: 42"
 (:func:`esjax.tasks.esvsgrpo.flat_boxed`), stripped, must be only digits, ``+ - * / ( )`` and spaces, its digit
 runs must be the row's numbers (each once), and its value as Python evaluates it (``**`` and ``//`` included;
 :func:`esjax.tasks.arithmetic.python_value`, never ``eval``) must be within 1e-5 of the target. Truncated
-completions are scored like any other.
+completions are scored like any other. Bounds the reference did not have (it called ``eval``): an expression of
+over 4,096 characters, nested deeper than 200 parentheses, or with a power of over 2**22 bits scores 0.
 
 ``lenient=True``: esjax's broader reading instead: braces matched (``\\boxed{(7 \\times 2) + 3}``), ``\\fbox`` and
 unbraced ``\\boxed 5``, LaTeX operators (``\\times \\cdot \\div``, brackets) mapped, a trailing ``= 17`` dropped;

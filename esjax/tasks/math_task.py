@@ -2,23 +2,33 @@
 
 Prompt: the reference's system turn, then the problem text as the user turn. Rows use the layout of
 ``nlile/hendrycks-MATH-benchmark`` (``problem``, ``solution``, ``answer``, ``subject``, ``level``); the gold
-answer is ``answer``, else the last ``\\boxed{}`` of ``solution``. Reward: the last braced ``\\boxed{}`` compared
-as :mod:`esjax.tasks.math_answers` describes (the reference's rules without its false positives); truncated
-completions are scored like any other.
+answer is ``answer``, else the last ``\\boxed{}`` of ``solution``. Reward: the last braced ``\\boxed{}``
+(:func:`~esjax.tasks.math_answers.braced_boxed`) compared with the gold answer by the task option ``grader``:
 
-``lenient=True``: esjax's broader reading: ``\\fbox``, unbraced ``\\boxed 5``, units and thousands separators
-(``boxed.math_equal``); an equation still never equals an answer in another variable or with another sign.
+- ``"esjax"`` (default): equal after removing units, degrees, punctuation and spacing, numbers compared exactly
+  (:mod:`esjax.tasks.math_equality`);
+- ``"reference"``: the reference's comparison, false positives included (:mod:`esjax.tasks.math_answers`), to
+  reproduce the paper's numbers;
+- ``"math_verify"``: Hugging Face's Math-Verify (``pip install 'esjax[math]'``), symbolic, in a worker process
+  with ``grader_timeout`` seconds per answer (:mod:`esjax.tasks.verifier`).
+
+Truncated completions are scored like any other. ``lenient=True``: ``\\fbox``, unbraced ``\\boxed 5``, and (with
+the esjax grader) ``x = 5`` for 5 and unit words without ``\\text`` (``5 cm``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from esjax.tasks.base import Example, register
-from esjax.tasks.boxed import last_boxed, math_equal
+from esjax.tasks import verifier
+from esjax.tasks.base import Example, TaskDataError, register
+from esjax.tasks.boxed import last_boxed
 from esjax.tasks.esvsgrpo import ReferenceChatTask
 from esjax.tasks.io import require_str
-from esjax.tasks.math_answers import answers_equal, braced_boxed
+from esjax.tasks.math_answers import braced_boxed, reference_equal
+from esjax.tasks.math_equality import answers_equal
+
+GRADERS = ("esjax", "reference", "math_verify")
 
 
 def reference_answer(example: Example) -> str | None:
@@ -37,6 +47,20 @@ class MathTask(ReferenceChatTask):
     name = "math"
     part_names = ("answer", "boxed")
 
+    def __init__(self, path: Any = None, *, grader: str = "esjax", grader_timeout: float = 5.0, **options: Any):
+        if grader not in GRADERS:
+            raise TaskDataError(f"task 'math': grader must be one of {', '.join(GRADERS)}, got {grader!r}")
+        if grader == "reference" and options.get("lenient"):
+            raise TaskDataError("task 'math': grader: reference reproduces the reference's extraction; drop "
+                                "lenient: true or choose grader: esjax")
+        if grader == "math_verify" and not verifier.installed():
+            raise TaskDataError("task 'math': grader: math_verify needs Math-Verify: pip install 'esjax[math]'")
+        if isinstance(grader_timeout, bool) or not isinstance(grader_timeout, (int, float)) or not grader_timeout > 0:
+            raise TaskDataError(f"task 'math': grader_timeout must be a positive number of seconds, "
+                                f"got {grader_timeout!r}")
+        self.grader, self.grader_timeout = grader, float(grader_timeout)
+        super().__init__(path, **options)
+
     @staticmethod
     def validate_row(row: dict[str, Any]) -> dict[str, Any]:
         require_str(row, "problem")
@@ -47,12 +71,16 @@ class MathTask(ReferenceChatTask):
     def user_turn(self, example: Example) -> str:
         return example["problem"]
 
+    def equal(self, predicted: str, gold: str) -> bool:
+        """Whether the boxed answer ``predicted`` equals ``gold`` by this task's grader."""
+        if self.grader == "reference":
+            return reference_equal(predicted, gold)
+        if self.grader == "math_verify":
+            return verifier.verify_answer(predicted, gold, self.grader_timeout)
+        return answers_equal(predicted, gold, lenient=self.lenient)
+
     def score_text(self, completion: str, example: Example) -> tuple[float, dict[str, float]]:
         gold = reference_answer(example)
-        if self.lenient:
-            predicted = last_boxed(completion)
-            ok = math_equal(predicted, gold)
-        else:
-            predicted = braced_boxed(completion)
-            ok = bool(predicted) and gold is not None and answers_equal(predicted, gold)
+        predicted = last_boxed(completion) if self.lenient else braced_boxed(completion)
+        ok = bool(predicted) and gold is not None and self.equal(predicted, gold)
         return float(ok), {"answer": float(ok), "boxed": float(predicted is not None)}

@@ -52,7 +52,13 @@ def math_level(row: Example) -> int | None:
 
 
 def stratified_by_level(rows: Rows, n: int) -> Rows:
-    """The first ``n // 5`` rows of each level 1-5 in level order, one more for the lowest ``n % 5`` levels."""
+    """The first ``n // 5`` rows of each level 1-5 in level order, one more for the lowest ``n % 5`` levels.
+
+    A row without a ``level`` field raises ``ValueError`` naming it (the reference's ``int(ex['level'])`` would)."""
+    missing = next((i for i, r in enumerate(rows) if r.get("level") is None), None)
+    if missing is not None:
+        raise ValueError(f"train row {missing} has no field 'level' (1-5 or 'Level 3'), which selects the train rows "
+                         "by level")
     per_level, remainder = divmod(n, 5)
     out: Rows = []
     for level in range(1, 6):
@@ -183,7 +189,10 @@ def prepare(task: str, out: str | Path, sources: list[str] | None = None, train_
     else:
         rows = {s: read_hub(task, source, s, limit) for s in source.splits}
         where = source.hub[0]
-    train, test = source.cut(rows, n, m)
+    try:
+        train, test = source.cut(rows, n, m)
+    except ValueError as e:  # a field the selection needs is missing
+        raise TaskDataError(f"{where}: {e}") from None
     for split, part in (("train", train), ("test", test)):  # only the selected rows need the task's fields
         if not part:
             raise TaskDataError(f"{task}: the rows of {where} leave the {split} split empty")

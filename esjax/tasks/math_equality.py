@@ -1,0 +1,226 @@
+"""MATH answers compared as a grader would: equal after removing what does not change the answer.
+
+:func:`canonical` removes, on both sides, what is notation rather than answer:
+
+- LaTeX spacing and sizing (``\\!``, ``\\,``, ``\\;``, ``\\:``, ``\\ ``, ``~``, ``\\quad``, ``\\hspace{..}``,
+  ``\\displaystyle``, ``\\left``/``\\right``, ``\\big``) and spaces: ``\\frac{35}{17}\\!`` -> ``\\frac{35}{17}``;
+- units: a trailing ``\\text{..}`` / ``\\mbox{..}`` (also ``\\textrm``, ``\\mathrm``, ...) whose content is words
+  (``\\text{ inches}``, ``\\mbox{cm}^2``, ``\\text{ sq. ft}``), but not words that change the answer ("or more",
+  "and", "is even"; :data:`NOT_UNITS`): ``\\frac{1}{3}\\text{ inches}`` -> ``\\frac{1}{3}``;
+- degrees (``^\\circ``, ``^{\\circ}``, ``°``, ``\\degree``), dollar and percent signs (``10\\%`` -> ``10``, as
+  the reference);
+- trailing punctuation ``. , ; :`` (not ``!``, a factorial): ``\\frac{1}{2}.`` -> ``\\frac{1}{2}``;
+- an approximation after the answer: ``\\frac{1}{3} \\approx 0.333`` -> ``\\frac{1}{3}``;
+- spellings of the same LaTeX: ``\\dfrac``/``\\tfrac``/``\\cfrac`` -> ``\\frac``, ``\\frac12`` ->
+  ``\\frac{1}{2}``, ``\\sqrt3`` -> ``\\sqrt{3}``, ``x^{2}`` -> ``x^2``, ``\\text{(B)}`` -> ``(B)``.
+
+:func:`answers_equal`: the canonical strings are equal, or both are exactly the same rational number
+(:func:`exact_value`: integers, decimals, ``1,000`` with groups of three digits, ``\\frac{a}{b}``, ``a/b``,
+``0.\\overline{3}``, with a sign), or both are tuples / intervals with the same brackets whose items are equal
+this way. Nothing is approximate: ``0.333`` is not ``\\frac{1}{3}``, ``1,2`` is not 12, ``10,00,000`` is not a
+number (only groups of three digits are thousands), ``\\frac{28}{17}x`` is not ``\\frac{28}{17}``, ``1/2/3`` is
+not a number. Symbolic equality (``\\frac{\\pi}{2}`` vs ``\\frac{1}{2}\\pi``) is Math-Verify's job
+(``grader: math_verify``).
+
+``lenient=True`` (the task option ``lenient``) also drops the ``x =`` of a one-letter equation when the other
+side is no equation and unit words written without ``\\text`` (``5 cm``). Everything is linear in the answer's
+length (at most ``MAX_ANSWER`` characters are read) and nothing raises.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+from esjax.tasks.boxed import MAX_ANSWER
+
+_SPACING = re.compile(r"\\(?:[!,;:> ]|q?quad(?![A-Za-z])|(?:en|thin|med|thick|negthin|negmed|negthick)space"
+                      r"|displaystyle|textstyle|hspace\*?\{[^{}]*\}|(?:left|right|[bB]igg?[lr]?)(?![A-Za-z]))"
+                      r"|~|\\(?:text|mbox)\{\s*\}")
+_DEGREES = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°|\\textdegree|\\degree")
+_WRAPPER = r"\\(?:text|textrm|textnormal|textup|textit|textsf|mbox|mathrm|operatorname)\s*\{([^{}]*)\}"
+_TRAILING_UNIT = re.compile(_WRAPPER + r"\s*(?:\^\s*(?:\{\s*[23]\s*\}|[23]))?\s*$")
+_UNIT_TEXT = re.compile(r"[A-Za-z][A-Za-z .\-/]*")
+NOT_UNITS = frozenset("and or not no is are if only than more less least most at none undefined all except for "
+                      "when where but with without both neither nor either any each every some yes true false "
+                      "of even odd".split())
+_SINGLE_LETTER_UNITS = frozenset("mgshlLKCFNJWVA")  # after \mathrm: one letter is a unit only if it is one of these
+_UNWRAP = re.compile(r"\\(?:text|textrm|textnormal|textup|textit|textsf|textbf|mbox|mathrm|mathbf)\s*\{|[{}]")
+_PUNCTUATION = ".,;:"
+_FRAC_SHORT = re.compile(r"\\frac([0-9A-Za-z])([0-9A-Za-z])")
+_FRAC_HALF = re.compile(r"\\frac([0-9A-Za-z])\{")
+_SQRT_SHORT = re.compile(r"\\sqrt([0-9A-Za-z])")
+_ONE_CHAR_POWER = re.compile(r"([\^_])\{(.)\}")
+_LITERAL = r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+"
+_NUMBER = re.compile(r"([-+]?)(" + _LITERAL + r"|[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0-9]*)?)")
+_REPEATING = re.compile(r"([-+]?)([0-9]*)\.([0-9]*)\\overline\{([0-9]+)\}")
+_FRAC = re.compile(r"([-+]?)\\frac\{([^{}]+)\}\{([^{}]+)\}")
+_SLASH = re.compile(r"([-+]?)([^/]+)/([^/]+)")
+_UNIT_WORDS = frozenset(
+    "unit units cm centimeter centimeters m meter meters km kilometer kilometers mm inch inches in ft foot feet "
+    "yd yard yards mile miles mph sq square cubic degree degrees deg radians second seconds sec minute minutes "
+    "min hour hours hr day days week weeks year years cent cents dollar dollars pound pounds lb lbs kg g gram "
+    "grams ounce ounces oz liter liters ml people ways".split())
+_VARIABLE = re.compile(r"[A-Za-z]")
+_BRACKETS = {"(": ")", "[": "]", "\\{": "\\}"}
+
+
+def _is_unit(wrapper: str, content: str) -> bool:
+    """Whether ``\\text{content}`` after an answer is a unit (words, none of :data:`NOT_UNITS`)."""
+    text = content.strip().rstrip(_PUNCTUATION + " ")
+    if not _UNIT_TEXT.fullmatch(text):
+        return False
+    if any(w.lower().strip(".-/") in NOT_UNITS for w in re.split(r"[ /\-]+", text)):
+        return False
+    return not (wrapper.startswith("\\mathrm") or wrapper.startswith("\\operatorname")) or len(text) > 1 \
+        or text in _SINGLE_LETTER_UNITS
+
+
+def _strip_trailing(s: str) -> str:
+    """Remove trailing punctuation and units (repeatedly: ``5\\text{ cm}.`` -> ``5``); the answer stays non-empty."""
+    while True:
+        before = s
+        s = s.rstrip(" " + _PUNCTUATION) if s.rstrip(" " + _PUNCTUATION) else s
+        m = _TRAILING_UNIT.search(s)
+        if m is not None and s[:m.start()].strip() and _is_unit(m.group(0), m[1]):
+            s = s[:m.start()].rstrip()
+        if s == before:
+            return s
+
+
+def _unwrap(s: str) -> str:
+    """``\\text{abc}`` -> ``abc`` (also ``\\mbox``, ``\\mathrm``, ``\\textbf``, ...), braces matched; linear."""
+    if "\\" not in s:
+        return s
+    out, stack, last = [], [], 0
+    for m in _UNWRAP.finditer(s):
+        out.append(s[last:m.start()])
+        last = m.end()
+        tok = m.group()
+        if tok == "}":
+            if not stack or stack.pop():
+                out.append(tok)
+        else:
+            keep = tok == "{"
+            stack.append(keep)
+            if keep:
+                out.append(tok)
+    out.append(s[last:])
+    return "".join(out)
+
+
+def _drop_unit_words(s: str) -> str:
+    """``5 cm`` -> ``5``, ``12 square feet`` -> ``12`` (lenient: unit words without ``\\text``)."""
+    words = s.rsplit(None, 1)
+    while len(words) == 2 and words[1].split("^")[0].strip(_PUNCTUATION).lower() in _UNIT_WORDS:
+        s = words[0].strip()
+        words = s.rsplit(None, 1)
+    return s
+
+
+def canonical(answer: str, lenient: bool = False, drop_variable: bool = False) -> str:
+    """The canonical string of a MATH answer (module docstring); ``drop_variable`` (lenient only): ``x=5`` -> ``5``."""
+    s = answer[:MAX_ANSWER].replace("\u2212", "-").replace("\n", " ")
+    for old in ("\\dfrac", "\\tfrac", "\\cfrac"):
+        s = s.replace(old, "\\frac")
+    s = _SPACING.sub(" ", s)
+    s = _DEGREES.sub(" ", s)
+    s = s.replace("\\$", " ").replace("$", " ").replace("\\%", " ").replace("%", " ")
+    for approx in ("\\approx", "≈"):
+        if approx in s and s.split(approx, 1)[0].strip():
+            s = s.split(approx, 1)[0]
+    s = _strip_trailing(s)
+    s = _unwrap(s)
+    if lenient:
+        s = _drop_unit_words(s)
+        if drop_variable and s.count("=") == 1 and _VARIABLE.fullmatch(s.split("=")[0].strip()):
+            s = s.split("=")[1]
+    s = "".join(s.split()).replace("{,}", ",")
+    s = s.rstrip(_PUNCTUATION) or s
+    s = _FRAC_SHORT.sub(r"\\frac{\1}{\2}", s)
+    s = _FRAC_HALF.sub(r"\\frac{\1}{", s)
+    s = _SQRT_SHORT.sub(r"\\sqrt{\1}", s)
+    return _ONE_CHAR_POWER.sub(r"\1\2", s)
+
+
+def _literal(s: str) -> Fraction | None:
+    """A signed decimal literal (``-1,000.5``, ``.5``, ``0.\\overline{3}``) as an exact rational, else None."""
+    if len(s) > 512:
+        return None
+    m = _NUMBER.fullmatch(s)
+    if m is not None:
+        value = Fraction(m[2].replace(",", ""))
+        return -value if m[1] == "-" else value
+    m = _REPEATING.fullmatch(s)
+    if m is None:
+        return None
+    whole, fixed, period = m[2] or "0", m[3], m[4]
+    value = Fraction(int(whole + fixed + period) - int(whole + fixed), 10 ** len(fixed) * (10 ** len(period) - 1))
+    return -value if m[1] == "-" else value
+
+
+def exact_value(s: str) -> Fraction | None:
+    """A canonical answer that is exactly a number: a literal, ``\\frac{a}{b}`` or ``a/b`` of literals, signed."""
+    for pattern in (_FRAC, _SLASH):
+        m = pattern.fullmatch(s)
+        if m is not None:
+            num, den = _literal(m[2]), _literal(m[3])
+            if num is None or den is None or den == 0:
+                return None
+            return -num / den if m[1] == "-" else num / den
+    return _literal(s)
+
+
+def _items(s: str) -> tuple[str, str, list[str]] | None:
+    """``(open, close, items)`` of a bracketed, comma-separated answer such as ``(1,\\frac{1}{2}]``, else None."""
+    opener = next((o for o in _BRACKETS if s.startswith(o)), None)
+    if opener is None or len(s) < 2:
+        return None
+    closer = next((c for c in (")", "]", "\\}") if s.endswith(c)), None)
+    if closer is None or (opener == "\\{") != (closer == "\\}"):
+        return None
+    body = s[len(opener):len(s) - len(closer)]
+    items, depth, start = [], 0, 0
+    for k, c in enumerate(body):
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif c == "," and depth == 0:
+            items.append(body[start:k])
+            start = k + 1
+    items.append(body[start:])
+    return opener, closer, items
+
+
+def _canonical_equal(a: str, b: str, depth: int = 0) -> bool:
+    if not a or not b or depth > 8:
+        return False
+    if a == b:
+        return True
+    x, y = exact_value(a), exact_value(b)
+    if x is not None or y is not None:
+        return x is not None and x == y
+    p, q = _items(a), _items(b)
+    if p is None or q is None or p[:2] != q[:2] or len(p[2]) != len(q[2]) or len(p[2]) < 2:
+        return False
+    return all(_canonical_equal(u, v, depth + 1) for u, v in zip(p[2], q[2]))
+
+
+def answers_equal(pred: str | None, gold: str | None, lenient: bool = False) -> bool:
+    """Whether a predicted MATH answer equals the gold one (module docstring); never raises."""
+    if not isinstance(pred, str) or not isinstance(gold, str):
+        return False
+    drop = lenient and (("=" in pred) != ("=" in gold))
+    return _canonical_equal(canonical(pred, lenient, drop), canonical(gold, lenient, drop))
+
+
+def math_equal(prediction: str | None, reference: str | None) -> bool:
+    """The lenient comparison (``answers_equal(.., lenient=True)``): ``x = 5`` equals ``5``, ``5 cm`` equals ``5``;
+    two equations are compared whole, so ``x = 5`` never equals ``y = 5``."""
+    return answers_equal(prediction, reference, lenient=True)
+
+
+def normalize_math(answer: str, drop_variable: bool = True) -> str:
+    """The lenient canonical form of an answer (``canonical(answer, lenient=True)``)."""
+    return canonical(answer, lenient=True, drop_variable=drop_variable)
