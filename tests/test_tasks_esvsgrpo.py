@@ -122,7 +122,7 @@ MATH = [
     ("\\frac{1}{2}", "\\boxed{\\frac12}", 1.0),             # the same LaTeX
     ("\\frac{\\sqrt{3}}{2}", "\\boxed{\\frac{\\sqrt{3}}{2}}", 1.0),   # nested braces
     ("\\frac{\\sqrt{3}}{2}", "\\boxed{\\dfrac{\\sqrt{3}}{2}}", 1.0),
-    ("y=5", "\\boxed{x=5}", 0.0), ("11", "\\boxed{-x = 11}", 0.0), ("5", "\\boxed{x = 5}", 0.0),
+    ("y=5", "\\boxed{x=5}", 0.0), ("11", "\\boxed{-x = 11}", 0.0), ("5", "\\boxed{x = 5}", 1.0),
     ("-3", "\\boxed{3}", 0.0), ("3", "\\boxed{-3}", 0.0), ("2", "\\boxed{\\sqrt{4}}", 0.0),
     ("5", "\\fbox{5}", 0.0), ("5", "\\boxed 5", 0.0), ("5", "\\boxed{5", 0.0), ("5", "The answer is 5.", 0.0),
     ("5", "\\boxed{}", 0.0), ("5", "\\boxed{3} no, \\boxed{5}", 1.0), ("5", "\\boxed{5} no, \\boxed{3}", 0.0),
@@ -228,7 +228,6 @@ LENIENT = [
     ("countdown_boxed", countdown_row(N3), "\\boxed{44 + 19 + 35 = 98}", 0.0, 1.0),
     ("countdown_boxed", countdown_row(N3), "\\boxed{[44 + 19] + 35}", 0.0, 1.0),
     ("countdown_boxed", {"numbers": [2, 3, 1], "target": 8}, "\\boxed{2**3*1}", 1.0, 0.0),
-    ("math", {"problem": "p", "answer": "5"}, "\\boxed{x = 5}", 0.0, 1.0),
     ("math", {"problem": "p", "answer": "5"}, "\\fbox{5}", 0.0, 1.0),
     ("math", {"problem": "p", "answer": "5"}, "\\boxed{5 cm}", 0.0, 1.0),
     ("math", {"problem": "p", "answer": "y=5"}, "\\boxed{x=5}", 0.0, 0.0),

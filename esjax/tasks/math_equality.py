@@ -56,13 +56,15 @@ _NUMBER = re.compile(r"([-+]?)(" + _LITERAL + r"|[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0
 _REPEATING = re.compile(r"([-+]?)([0-9]*)\.([0-9]*)\\overline\{([0-9]+)\}")
 _FRAC = re.compile(r"([-+]?)\\frac\{([^{}]+)\}\{([^{}]+)\}")
 _SLASH = re.compile(r"([-+]?)([^/]+)/([^/]+)")
+_EXPONENT = r"\^(?:\{([-+]?[0-9]{1,3})\}|([0-9]))"  # ^7 or ^{-12}
+_POWER = re.compile(r"([-+]?)([0-9]{1,12}(?:\.[0-9]{0,12})?)" + _EXPONENT)  # 2^{10}
+_SCIENTIFIC = re.compile(r"([-+]?)(" + _LITERAL + r")(?:\\times|\\cdot)10" + _EXPONENT)  # 1.5\times10^{3}
 _UNIT_WORDS = frozenset(
     "unit units cm centimeter centimeters m meter meters km kilometer kilometers mm inch inches in ft foot feet "
     "yd yard yards mile miles mph sq square cubic degree degrees deg radians second seconds sec minute minutes "
     "min hour hours hr day days week weeks year years cent cents dollar dollars pound pounds lb lbs kg g gram "
     "grams ounce ounces oz liter liters ml people ways".split())
 _VARIABLE = re.compile(r"[A-Za-z]")
-_BRACKETS = {"(": ")", "[": "]", "\\{": "\\}"}
 
 
 def _is_unit(wrapper: str, content: str) -> bool:
@@ -77,15 +79,16 @@ def _is_unit(wrapper: str, content: str) -> bool:
 
 
 def _strip_trailing(s: str) -> str:
-    """Remove trailing punctuation and units (repeatedly: ``5\\text{ cm}.`` -> ``5``); the answer stays non-empty."""
-    while True:
+    """Remove trailing punctuation and units (``5\\text{ cm}.`` -> ``5``; up to 8 rounds); the answer stays non-empty."""
+    for _ in range(8):
         before = s
         s = s.rstrip(" " + _PUNCTUATION) if s.rstrip(" " + _PUNCTUATION) else s
         m = _TRAILING_UNIT.search(s)
         if m is not None and s[:m.start()].strip() and _is_unit(m.group(0), m[1]):
             s = s[:m.start()].rstrip()
         if s == before:
-            return s
+            break
+    return s
 
 
 def _unwrap(s: str) -> str:
@@ -133,8 +136,8 @@ def canonical(answer: str, lenient: bool = False, drop_variable: bool = False) -
     s = _unwrap(s)
     if lenient:
         s = _drop_unit_words(s)
-        if drop_variable and s.count("=") == 1 and _VARIABLE.fullmatch(s.split("=")[0].strip()):
-            s = s.split("=")[1]
+    if drop_variable and s.count("=") == 1 and _VARIABLE.fullmatch(s.split("=")[0].strip()):
+        s = s.split("=")[1]
     s = "".join(s.split()).replace("{,}", ",")
     s = s.rstrip(_PUNCTUATION) or s
     s = _FRAC_SHORT.sub(r"\\frac{\1}{\2}", s)
@@ -160,7 +163,8 @@ def _literal(s: str) -> Fraction | None:
 
 
 def exact_value(s: str) -> Fraction | None:
-    """A canonical answer that is exactly a number: a literal, ``\\frac{a}{b}`` or ``a/b`` of literals, signed."""
+    """A canonical answer that is exactly a number: a literal, ``\\frac{a}{b}`` or ``a/b`` of literals, a power
+    ``2^{10}`` or ``1.5\\times10^{3}``, signed; None otherwise."""
     for pattern in (_FRAC, _SLASH):
         m = pattern.fullmatch(s)
         if m is not None:
@@ -168,32 +172,56 @@ def exact_value(s: str) -> Fraction | None:
             if num is None or den is None or den == 0:
                 return None
             return -num / den if m[1] == "-" else num / den
+    for pattern in (_POWER, _SCIENTIFIC):
+        m = pattern.fullmatch(s)
+        if m is not None:
+            base, exponent = _literal(m[2]), int(m[3] or m[4])
+            if base is None or (base == 0 and exponent < 0):
+                return None
+            value = base ** exponent if pattern is _POWER else base * Fraction(10) ** exponent
+            return -value if m[1] == "-" else value
     return _literal(s)
 
 
-def _items(s: str) -> tuple[str, str, list[str]] | None:
-    """``(open, close, items)`` of a bracketed, comma-separated answer such as ``(1,\\frac{1}{2}]``, else None."""
-    opener = next((o for o in _BRACKETS if s.startswith(o)), None)
-    if opener is None or len(s) < 2:
-        return None
-    closer = next((c for c in (")", "]", "\\}") if s.endswith(c)), None)
-    if closer is None or (opener == "\\{") != (closer == "\\}"):
-        return None
-    body = s[len(opener):len(s) - len(closer)]
+def _split(s: str) -> list[str] | None:
+    """``s`` split at its top-level commas; None when its brackets do not balance."""
     items, depth, start = [], 0, 0
-    for k, c in enumerate(body):
+    for k, c in enumerate(s):
         if c in "([{":
             depth += 1
         elif c in ")]}":
             depth -= 1
+            if depth < 0:
+                return None
         elif c == "," and depth == 0:
-            items.append(body[start:k])
+            items.append(s[start:k])
             start = k + 1
-    items.append(body[start:])
-    return opener, closer, items
+    items.append(s[start:])
+    return items if depth == 0 else None
+
+
+def _group(s: str) -> tuple[str, str, str] | None:
+    """``(open, close, inside)`` when ``s`` is one bracketed group (``(1,2]``, ``\\{1,2\\}``), else None."""
+    opener = "\\{" if s.startswith("\\{") else s[:1] if s[:1] in ("(", "[") else ""
+    closer = "\\}" if s.endswith("\\}") else s[-1:] if s[-1:] in (")", "]") else ""
+    if not opener or not closer or (opener == "\\{") != (closer == "\\}") or len(s) < len(opener) + len(closer):
+        return None
+    depth = 0
+    for k, c in enumerate(s):
+        depth += c in "([{"
+        depth -= c in ")]}"
+        if depth == 0 and c in ")]}" and k < len(s) - 1:
+            return None  # ``(1,2),(3,4)``: a list of groups
+    return opener, closer, s[len(opener):len(s) - len(closer)]
+
+
+def _key(item: str) -> tuple[str, object]:
+    value = exact_value(item)
+    return ("number", value) if value is not None else ("text", item)
 
 
 def _canonical_equal(a: str, b: str, depth: int = 0) -> bool:
+    """Equality of canonical answers: strings, exact numbers, then tuples item by item and sets in any order."""
     if not a or not b or depth > 8:
         return False
     if a == b:
@@ -201,17 +229,22 @@ def _canonical_equal(a: str, b: str, depth: int = 0) -> bool:
     x, y = exact_value(a), exact_value(b)
     if x is not None or y is not None:
         return x is not None and x == y
-    p, q = _items(a), _items(b)
-    if p is None or q is None or p[:2] != q[:2] or len(p[2]) != len(q[2]) or len(p[2]) < 2:
+    g, h = _group(a), _group(b)
+    if (g is None) != (h is None) or (g is not None and g[:2] != h[:2]):
         return False
-    return all(_canonical_equal(u, v, depth + 1) for u, v in zip(p[2], q[2]))
+    p, q = (_split(a), _split(b)) if g is None else (_split(g[2]), _split(h[2]))
+    if p is None or q is None or len(p) != len(q) or len(p) < 2:
+        return False
+    if g is None or g[0] == "\\{":  # a set, or a bare list of solutions: order does not matter
+        return sorted(map(_key, p), key=repr) == sorted(map(_key, q), key=repr)
+    return all(_canonical_equal(u, v, depth + 1) for u, v in zip(p, q))
 
 
 def answers_equal(pred: str | None, gold: str | None, lenient: bool = False) -> bool:
     """Whether a predicted MATH answer equals the gold one (module docstring); never raises."""
     if not isinstance(pred, str) or not isinstance(gold, str):
         return False
-    drop = lenient and (("=" in pred) != ("=" in gold))
+    drop = ("=" in pred) != ("=" in gold)
     return _canonical_equal(canonical(pred, lenient, drop), canonical(gold, lenient, drop))
 
 
