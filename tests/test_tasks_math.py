@@ -145,6 +145,7 @@ MATH_VERIFY = [  # (gold, boxed answer, Math-Verify 0.9's verdict)
     ("\\frac{28}{17}", "\\frac{28}{17}x", 0), ("12", "1,2", 0), ("0.5", "1/2/3", 0), ("\\frac{1}{3}", "0.333", 0),
     ("\\frac{1}{3}", "0.3333333", 1),  # Math-Verify rounds floats to 6 places: a known false positive
     ("1000000", "10,00,000", 0), ("(1,2)", "(2,1)", 0), ("3", "2^{2^{2^{2^{2^{2}}}}}", 0),
+    ("5", "5.", 0), ("5", "5~", 0),  # Math-Verify 0.9's false negatives on trailing punctuation / spacing
 ]
 
 

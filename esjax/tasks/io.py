@@ -155,7 +155,8 @@ def require_str(record: Mapping[str, Any], key: str, allow_empty: bool = False) 
 class FileTask(Task):
     """A task whose splits are read from local JSON / JSONL files by ``load_splits``.
 
-    Options: ``path`` (one file: train = first ``train_size`` rows, test = last ``test_size`` rows or the rest),
+    Options: ``path`` (one file: train = first ``train_size`` rows, test = last ``test_size`` rows or the rest, in
+    file order; not the reference's selection, which ``esjax data prepare`` + ``data_dir`` gives),
     ``train_path``/``test_path`` (a file per split, capped to the first ``train_size``/``test_size`` rows),
     ``data_dir`` (a directory holding ``<task>_train.jsonl`` and ``<task>_test.jsonl``, the files that
     ``esjax data prepare <task> --out DIR`` writes; capped like per-split files),

@@ -230,12 +230,15 @@ def _canonical_equal(a: str, b: str, depth: int = 0) -> bool:
     if x is not None or y is not None:
         return x is not None and x == y
     g, h = _group(a), _group(b)
-    if (g is None) != (h is None) or (g is not None and g[:2] != h[:2]):
+    if g is not None and h is not None and g[:2] != h[:2]:
         return False
-    p, q = (_split(a), _split(b)) if g is None else (_split(g[2]), _split(h[2]))
+    unordered = [x is None or x[0] == "\\{" for x in (g, h)]  # a set, or a bare list of solutions
+    if unordered[0] != unordered[1]:
+        return False
+    p, q = (_split(a) if g is None else _split(g[2])), (_split(b) if h is None else _split(h[2]))
     if p is None or q is None or len(p) != len(q) or len(p) < 2:
         return False
-    if g is None or g[0] == "\\{":  # a set, or a bare list of solutions: order does not matter
+    if unordered[0]:
         return sorted(map(_key, p), key=repr) == sorted(map(_key, q), key=repr)
     return all(_canonical_equal(u, v, depth + 1) for u, v in zip(p, q))
 
