@@ -11,7 +11,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from esjax import distributed
 from esjax.distributed import ClusterSpec, build_mesh, cluster_from_env, first_slurm_host
 from esjax.es import ESConfig
-from esjax.es.noise import lowrank_factors, lowrank_perturb, member_noise, perturb
+from esjax.es.noise import lowrank_factors, lowrank_perturb, member_noise, perturb, standard_normal
 from esjax.es.population import population_mesh
 from esjax.es.step import es_init, es_step, make_runner
 from esjax import grpo
@@ -115,19 +115,20 @@ def test_partition_rules():
 
 
 # -------------------------------------------------------------------------------------- sharded seed replay
-def test_sharded_noise_equals_unsharded_noise():
+@pytest.mark.parametrize("normal", [lambda k: jax.random.normal(k, (64, 48)), lambda k: standard_normal(k, (64, 48))],
+                         ids=["jax.random.normal", "es.noise.standard_normal"])
+def test_sharded_noise_equals_unsharded_noise(normal):
     assert jax.config.jax_threefry_partitionable
     key = jax.random.key(42)
     whole = np.asarray(jax.random.normal(key, (64, 48), jnp.float32))
     for shape, spec in [((4, 2), P(None, "model")), ((2, 4), P("model", None)), ((1, 8), P(None, "model"))]:
         mesh = build_mesh([("population", shape[0]), ("model", shape[1])])
-        noise = jax.jit(lambda k: jax.random.normal(k, (64, 48)), out_shardings=NamedSharding(mesh, spec))(key)
+        noise = jax.jit(normal, out_shardings=NamedSharding(mesh, spec))(key)
         assert noise.sharding.spec == spec and noise.addressable_shards[0].data.shape != (64, 48)
         assert np.array_equal(np.asarray(noise), whole)
     # each device draws only its own block: the partitioned program's random-bit op has the shard's shape
     mesh = build_mesh({"population": 1, "model": 8})
-    hlo = jax.jit(lambda k: jax.random.normal(k, (64, 48)), out_shardings=NamedSharding(mesh, P(None, "model"))
-                  ).lower(key).compile().as_text()
+    hlo = jax.jit(normal, out_shardings=NamedSharding(mesh, P(None, "model"))).lower(key).compile().as_text()
     assert "f32[64,6]" in hlo and "f32[64,48]" not in hlo
 
 

@@ -186,3 +186,13 @@ def test_lowrank_perturb_factors_equal_the_materialised_perturbation(noise_scale
     effective = jax.tree.map(lambda p, f: p if f is None else p + f["a"] @ f["b"].T, dense, lowrank)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), effective,
                  perturb(config, params, KEY, 0, 1))
+
+
+@pytest.mark.parametrize("shape", [(), (1,), (7,), (33, 17), (2, 3, 5), (264, 96)])
+def test_standard_normal_is_jax_random_normal_bit_for_bit(shape):
+    """The unrolled Threefry replays jax.random.normal exactly: eagerly, under jit and under vmap over keys."""
+    from esjax.es.noise import standard_normal
+    keys = jax.random.split(jax.random.fold_in(KEY, len(shape)), 3)
+    expected = np.asarray(jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(keys))
+    assert np.array_equal(np.asarray(standard_normal(keys[0], shape)), expected[0])
+    assert np.array_equal(np.asarray(jax.jit(jax.vmap(lambda k: standard_normal(k, shape)))(keys)), expected)

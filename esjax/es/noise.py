@@ -7,6 +7,9 @@ Member ``i``'s noise for one leaf is a pure function of (run key, iteration, mem
     eps  = normal(key, leaf.shape, float32)                # full rank
     a, b = normal(ka, [m, r]), normal(kb, [n, r])          # low rank, (ka, kb) = split(key); E = a @ b.T / sqrt(r)
 
+``normal`` is ``jax.random.normal``, bit for bit, computed by :func:`standard_normal` (an unrolled Threefry that
+XLA:CPU fuses into one loop: 2x faster there; the same program accelerators compile from ``jax.random``).
+
 Nothing is stored or communicated: any device regenerates any member's noise, member ids are global, so the
 noise does not depend on the device count. ``member`` and ``iteration`` may be traced int32 scalars (``vmap``,
 ``lax.axis_index`` inside ``shard_map``); the tree structure and the leaf paths are static.
@@ -20,6 +23,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from esjax.es.config import ESConfig
 
@@ -27,6 +31,7 @@ Array = jax.Array
 PyTree = Any
 
 FULL, LOWRANK, FROZEN = "full", "lowrank", "frozen"
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))  # Threefry-2x32's rotation constants (Salmon et al., SC'11)
 
 
 def leaf_paths(params: PyTree) -> list[str]:
@@ -167,10 +172,48 @@ def unit_noise(config: ESConfig, kind: str, shape: tuple[int, ...], key: Array,
         return None
     key = jax.random.fold_in(key, leaf_id)
     if kind == FULL:
-        return jax.random.normal(key, shape, jnp.float32)
+        return standard_normal(key, shape)
     key_a, key_b = jax.random.split(key)
     (m, n), r = shape, config.rank
-    return {"a": jax.random.normal(key_a, (m, r), jnp.float32), "b": jax.random.normal(key_b, (n, r), jnp.float32)}
+    return {"a": standard_normal(key_a, (m, r)), "b": standard_normal(key_b, (n, r))}
+
+
+def standard_normal(key: Array, shape: tuple[int, ...]) -> Array:
+    """``jax.random.normal(key, shape, float32)``, bit for bit, as one elementwise computation.
+
+    JAX lowers its Threefry hash on CPU as a rolled loop over the 20 rounds, each writing its state to memory;
+    unrolled (as JAX itself lowers it for accelerators) XLA:CPU fuses hash, uniform and ``erf_inv`` into one
+    vectorised loop with no temporaries, 2x faster. Elementwise in the flat index (``jax_threefry_partitionable``'s
+    counter layout), so a leaf split over devices still generates only its own block. Falls back to
+    ``jax.random.normal`` for non-Threefry keys, the non-partitionable layout or 2^32 elements or more.
+    """
+    shape = tuple(int(d) for d in shape)
+    size = math.prod(shape)
+    threefry = jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and jax.random.key_impl(key) == "threefry2x32"
+    if not threefry or not jax.config.jax_threefry_partitionable or size >= 2 ** 32:
+        return jax.random.normal(key, shape, jnp.float32)
+    count = jnp.zeros(shape, jnp.uint32)  # the row-major flat index (its high word is 0 below 2^32 elements)
+    for axis, stride in zip(range(len(shape)), np.cumprod((1, *shape[:0:-1]))[::-1]):
+        count = count + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
+    k0, k1 = jax.random.key_data(key)
+    bits = jnp.bitwise_xor(*_threefry2x32(k0, k1, jnp.zeros_like(count), count))
+    # jax.random.uniform(key, shape, float32, nextafter(-1, 0), 1), then sqrt(2) * erf_inv, as jax.random.normal
+    lo = np.nextafter(np.float32(-1), np.float32(0))
+    unit = jax.lax.bitcast_convert_type((bits >> 9) | np.float32(1).view(np.uint32), jnp.float32) - np.float32(1)
+    u = jax.lax.max(lo, unit * (np.float32(1) - lo) + lo)
+    return np.float32(np.sqrt(2)) * jax.lax.erf_inv(u)
+
+
+def _threefry2x32(k0: Array, k1: Array, x0: Array, x1: Array) -> tuple[Array, Array]:
+    """Threefry-2x32 with 20 rounds (Random123's), unrolled: uint32 key words and counter arrays -> two arrays."""
+    ks = (k0, k1, k0 ^ k1 ^ np.uint32(0x1BD11BDA))
+    x0, x1 = x0 + ks[0], x1 + ks[1]
+    for i in range(5):
+        for r in _ROTATIONS[i % 2]:
+            x0 = x0 + x1
+            x1 = ((x1 << np.uint32(r)) | (x1 >> np.uint32(32 - r))) ^ x0
+        x0, x1 = x0 + ks[(i + 1) % 3], x1 + ks[(i + 2) % 3] + np.uint32(i + 1)
+    return x0, x1
 
 
 def add_scaled(p: Array, scale: float | Array, delta: Array) -> Array:
