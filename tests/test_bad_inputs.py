@@ -112,6 +112,22 @@ def _index(shard: str):
     return edit
 
 
+def _index_map(weight_map):
+    def edit(d: Path):
+        (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    return edit
+
+
+def _link_outside(name: str):
+    """``name`` replaced by a symlink to a copy of it outside the model folder (a file the link must not reach)."""
+    def edit(d: Path):
+        outside = d.parent / f"outside-{name}"
+        shutil.copy(d / name, outside)
+        (d / name).unlink()
+        (d / name).symlink_to(outside)
+    return edit
+
+
 def _config_dir(d: Path):
     (d / "config.json").unlink()
     (d / "config.json").mkdir()
@@ -172,12 +188,24 @@ MODEL_DEFECTS = [
     ("no-weights", _no_weights, "safetensors"),
     ("int32-weight", _int32_weight, "model.norm.weight"),
     ("index-traversal", _index("../x.safetensors"), "'../x.safetensors'"),
-    ("index-absolute", _index("/tmp/esjax-absent/x.safetensors"), "not a file name inside"),
+    ("index-absolute", _index("/tmp/esjax-absent/x.safetensors"), "not a plain file name"),
     ("index-not-json", lambda d: (_no_weights(d), _write("model.safetensors.index.json", "{")(d)),
      "model.safetensors.index.json"),
     ("index-list", lambda d: (_no_weights(d), _write("model.safetensors.index.json", "[]")(d)),
      "model.safetensors.index.json"),
     ("index-missing-shard", _index("model-00001-of-00002.safetensors"), "model-00001-of-00002.safetensors"),
+    ("index-int-shards", _index_map({"model.norm.weight": 3}), "weight_map"),
+    ("index-empty-map", _index_map({}), "weight_map"),
+    ("index-deep", _write("model.safetensors.index.json", "[" * 100_000 + "]" * 100_000), "nested too deeply"),
+    ("config-deep", _write("config.json", '{"a":' * 100_000 + "1" + "}" * 100_000), "config.json"),
+    ("vocab-huge", _config(vocab_size=10**12), "vocab_size"),
+    ("layers-huge", _config(num_hidden_layers=2**40), "num_hidden_layers"),
+    ("rms-eps-huge-int", _config(rms_norm_eps=10**400), "rms_norm_eps"),
+    ("architectures-bert", _config(architectures=["BertModel"]), "architectures"),
+    ("architectures-string", _config(architectures="Qwen2ForCausalLM"), "architectures"),
+    ("config-link-outside", _link_outside("config.json"), "config.json"),
+    ("weights-link-outside", _link_outside("model.safetensors"), "model.safetensors"),
+    ("special-tokens-link-outside", _link_outside("tokenizer_config.json"), "tokenizer_config.json"),
 ]
 
 TOKENIZER_DEFECTS = [

@@ -10,6 +10,7 @@ import torch
 import transformers
 
 from esjax import models
+from esjax.common.paths import UnsafePathError
 from esjax.testing import TINY_FAMILIES, make_tiny_hf_model
 
 PROMPTS = [[5, 17, 42, 99, 3, 250, 7, 12, 64], [9, 8, 7], [200, 100, 50, 25, 12, 6], [33]]
@@ -232,11 +233,11 @@ def test_index_shard_names_stay_inside_the_model_directory(tiny_model_dirs, tmp_
     opened = []
     real_open = builtins.open
     monkeypatch.setattr(builtins, "open", lambda f, *a, **k: (opened.append(str(f)), real_open(f, *a, **k))[1])
-    with pytest.raises(models.CheckpointError, match="not a file name inside the model directory") as found:
+    with pytest.raises(UnsafePathError, match="not a plain file name ending in '.safetensors' inside") as found:
         models.load_hf(bad)
     assert not any("victim" in f for f in opened)
     (victim / "model.safetensors").unlink()
-    with pytest.raises(models.CheckpointError) as absent:
+    with pytest.raises(UnsafePathError) as absent:
         models.load_hf(bad)
     assert str(found.value) == str(absent.value)
 

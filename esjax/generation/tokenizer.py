@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from esjax.common.paths import check_tree
+
 DEFAULT_SPECIAL = ("<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>")
 DEFAULT_ADDED = ("<think>", "</think>", "<answer>", "</answer>")
 QWEN_SPLIT_REGEX = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
@@ -51,11 +53,17 @@ def build_byte_tokenizer(out_dir: str | Path | None = None, special: Sequence[st
 
 
 def load_tokenizer(path: str | Path):
-    """``AutoTokenizer`` from a directory, set up for left-padded batched generation."""
+    """``AutoTokenizer`` from a directory, set up for left-padded batched generation. transformers reads what it
+    finds there, so every file it could read must lie inside the directory (:func:`esjax.common.paths.check_tree`)
+    and the tokenizer files must be regular files."""
     from transformers import AutoTokenizer
 
+    from esjax.models.hf import tokenizer_files
+
     path = Path(path)
-    if not ((path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file()):
+    check_tree(path, "tokenizer folder")
+    names = {f.name for f in tokenizer_files(path)}
+    if not names & {"tokenizer.json", "tokenizer_config.json"}:
         raise FileNotFoundError(f"{path}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
     try:
         tok = AutoTokenizer.from_pretrained(str(path))

@@ -10,12 +10,18 @@ from typing import Any
 
 import numpy as np
 
+from esjax.common.errors import EsjaxError
+from esjax.common.paths import inside, parse_json, plain_name, read_json
+
 SUPPORTED_MODEL_TYPES = ("qwen2", "qwen3", "llama")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 _ACTIVATIONS = ("silu",)
+# the transformers classes of each supported model_type, the prefix a config.json's 'architectures' entries carry
+ARCHITECTURE_PREFIX = {"qwen2": "Qwen2", "qwen3": "Qwen3", "llama": "Llama"}
+MAX_INT = 2 ** 31 - 1  # sizes and counts in config.json: JAX indexes with int32
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(EsjaxError, ValueError):
     """A ``config.json`` esjax cannot represent; the message names the field."""
 
 
@@ -112,11 +118,30 @@ class ModelConfig:
         return out
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        d = dict(d)
-        d["rope_scaling"] = tuple(sorted(d["rope_scaling"].items()))
-        d["eos_token_ids"] = tuple(d["eos_token_ids"])
-        return cls(**d)
+    def from_dict(cls, d: Any, where: str = "config") -> "ModelConfig":
+        """The inverse of :meth:`to_dict`, checked: the config is rebuilt from the ``config.json`` /
+        ``generation_config.json`` it records (with every check of :func:`config_from_hf`), each stored field must
+        equal the rebuilt one, and the weight map must name plain ``*.safetensors`` files; else ModelConfigError
+        naming ``where`` and the field."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        if not isinstance(d, dict) or sorted(d) != sorted(names):
+            found = sorted(d) if isinstance(d, dict) else type(d).__name__
+            raise ModelConfigError(f"{where}: expected an object with the fields {names}, got {found}")
+        records = {}
+        for key in ("hf_config_json", "hf_generation_json", "hf_weight_map_json"):
+            value = parse_json(d[key], f"{where}: field '{key}'") if isinstance(d[key], str) else None
+            if not isinstance(value, dict):
+                raise ModelConfigError(f"{where}: field '{key}' must be a JSON object in a string")
+            records[key] = value
+        for tensor, file in records["hf_weight_map_json"].items():
+            plain_name(file, f"{where}: field 'hf_weight_map_json' (tensor {tensor!r})", ".safetensors")
+        config = config_from_hf(records["hf_config_json"], records["hf_generation_json"], f"{where}: hf_config_json")
+        config = dataclasses.replace(config, hf_weight_map_json=d["hf_weight_map_json"])
+        for key, value in json.loads(json.dumps(config.to_dict())).items():  # as JSON holds it
+            if d[key] != value or type(d[key]) is not type(value):
+                raise ModelConfigError(f"{where}: field '{key}' = {d[key]!r} disagrees with the config.json it "
+                                       f"records ({value!r})")
+        return config
 
 
 def _as_ids(value: Any) -> tuple:
@@ -130,11 +155,15 @@ def _require(cfg: dict[str, Any], key: str, typ: type, where: str) -> Any:
 
 
 def _positive(value: Any, key: str, typ: type, where: str) -> Any:
-    """``value`` as a positive ``typ`` (int, or float from an int or float), else ModelConfigError naming ``key``."""
+    """``value`` as a positive ``typ`` (int below 2**31, or a finite float from an int or float), else
+    ModelConfigError naming ``key``."""
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if not isinstance(value, typ) or isinstance(value, bool) or not value > 0:
+        value = float(value) if abs(value) < 2 ** 1000 else math.inf
+    if not isinstance(value, typ) or isinstance(value, bool) or not 0 < value < math.inf:
         raise ModelConfigError(f"{where}: field '{key}' must be a positive {typ.__name__}, got {value!r}")
+    if typ is int and value > MAX_INT:
+        raise ModelConfigError(f"{where}: field '{key}' = {value} is larger than {MAX_INT}, more than any device "
+                               f"holds")
     return value
 
 
@@ -195,6 +224,17 @@ def _eos_ids(cfg: dict[str, Any], gen: dict[str, Any], where: str) -> tuple[int,
     return tuple(_token_id(e, "eos_token_id", where) for e in (eos if isinstance(eos, list) else [eos]))
 
 
+def _check_architectures(architectures: Any, model_type: str, where: str) -> None:
+    """``architectures`` (absent, or a list of transformers class names) must name classes of ``model_type``."""
+    prefix = ARCHITECTURE_PREFIX[model_type]
+    if architectures is None:
+        return
+    if (not isinstance(architectures, list) or not architectures
+            or not all(isinstance(a, str) and a.startswith(prefix) for a in architectures)):
+        raise ModelConfigError(f"{where}: field 'architectures' = {architectures!r} disagrees with model_type "
+                               f"{model_type!r} (expected {prefix}ForCausalLM)")
+
+
 def config_from_hf(cfg: dict[str, Any], generation_config: dict[str, Any] | None = None, where: str = "config.json") -> ModelConfig:
     """Build a :class:`ModelConfig` from the dicts of ``config.json`` and ``generation_config.json``.
 
@@ -210,6 +250,7 @@ def config_from_hf(cfg: dict[str, Any], generation_config: dict[str, Any] | None
         raise ModelConfigError(
             f"{where}: field 'model_type' = {model_type!r} is not supported (supported: {', '.join(SUPPORTED_MODEL_TYPES)})"
         )
+    _check_architectures(cfg.get("architectures"), model_type, where)
     ints = {k: _require(cfg, k, int, where) for k in (
         "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")}
     heads = ints["num_attention_heads"]
@@ -260,20 +301,15 @@ def config_from_hf(cfg: dict[str, Any], generation_config: dict[str, Any] | None
 
 
 def load_config(model_dir: str | Path) -> ModelConfig:
-    """Read ``config.json`` (+ ``generation_config.json`` when present) from an HF model directory."""
+    """Read ``config.json`` (+ ``generation_config.json`` when present) from an HF model directory (each a regular
+    file inside it: :func:`esjax.common.paths.inside`)."""
     model_dir = Path(model_dir)
-    path = model_dir / "config.json"
-    if not path.is_file():
+    path = inside(model_dir, "config.json", required=False)
+    if path is None:
         raise ModelConfigError(f"{model_dir}: no config.json (not a Hugging Face model directory)")
-    try:
-        cfg = json.loads(path.read_text())
-    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-        raise ModelConfigError(f"{path}: not valid JSON ({e})") from None
-    gen_path = model_dir / "generation_config.json"
-    try:
-        gen = json.loads(gen_path.read_text()) if gen_path.is_file() else None
-    except ValueError as e:
-        raise ModelConfigError(f"{gen_path}: not valid JSON ({e})") from None
+    cfg = read_json(path)
+    gen_path = inside(model_dir, "generation_config.json", required=False)
+    gen = read_json(gen_path) if gen_path is not None else None
     if not isinstance(gen, (dict, type(None))):
         raise ModelConfigError(f"{gen_path}: expected a JSON object, got {type(gen).__name__}")
     return config_from_hf(cfg, gen, where=str(path))

@@ -20,6 +20,7 @@ import numpy as np
 from flax import traverse_util
 
 from esjax.common.files import publish_dir, temp_dir_beside
+from esjax.common.paths import MetadataError, parse_json, plain_name
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import Params
 from esjax.models.hf import INDEX_FILE, check_param_shapes, copy_tokenizer_files, hf_name_map
@@ -65,8 +66,9 @@ def size_layout(entries: list, max_bytes: int) -> list[tuple[str, list]]:
 
 def source_layout(entries: list, weight_map: dict[str, str]) -> list[tuple[str, list]]:
     """(file name, entries) per file of the source's ``weight_map`` (tensor name -> file), in HF's tensor order;
-    a tensor the source did not have goes to its last file."""
-    files = sorted(set(weight_map.values()))
+    a tensor the source did not have goes to its last file. Each file name must be a plain ``*.safetensors`` name
+    (:func:`esjax.common.paths.plain_name`): the export writes only inside its target."""
+    files = sorted({plain_name(f, "hf_weight_map_json", ".safetensors") for f in weight_map.values()})
     grouped: dict[str, list] = {f: [] for f in files}
     for entry in entries:
         grouped[weight_map.get(entry[0], files[-1])].append(entry)
@@ -84,7 +86,9 @@ def save_hf(config: ModelConfig, params: Params, out_dir: str | Path, source_dir
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
         raise FileExistsError(f"{out_dir} exists and is not empty (pass overwrite=True / --overwrite to replace it)")
-    weight_map = json.loads(config.hf_weight_map_json)
+    weight_map = parse_json(config.hf_weight_map_json, "config.hf_weight_map_json")
+    if not isinstance(weight_map, dict):
+        raise MetadataError(f"config.hf_weight_map_json: expected a JSON object, got {type(weight_map).__name__}")
     max_bytes = parse_size(DEFAULT_MAX_SHARD_SIZE if max_shard_size is None else max_shard_size)
     flat = traverse_util.flatten_dict(params)
     check_param_shapes(config, flat)

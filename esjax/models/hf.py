@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 from flax import traverse_util
 
 from esjax import distributed
+from esjax.common.paths import inside, plain_name, read_json
 from esjax.models.config import ModelConfig, ModelConfigError, load_config
 from esjax.models.decoder import Params, param_shapes
 from esjax.models.safetensors_io import DTYPES, iter_tensors, read_header
@@ -55,24 +57,21 @@ def hf_name_map(config: ModelConfig) -> dict[str, tuple[tuple[str, ...], bool]]:
 
 
 def safetensors_files(model_dir: Path) -> list[Path]:
-    """The weight files of an HF directory: the shards its index names (each a plain file name inside
-    ``model_dir``), else every ``*.safetensors`` file."""
-    index = model_dir / INDEX_FILE
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-            shards = set(weight_map.values())
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise CheckpointError(f"{index}: not a safetensors index (a JSON object with a 'weight_map')") from None
-        for name in sorted(map(str, shards)):
-            if not name or Path(name).is_absolute() or ".." in Path(name).parts or "\\" in name:
-                raise CheckpointError(f"{index}: shard name {name!r} is not a file name inside the model directory")
-        files = sorted(model_dir / f for f in shards)
-        missing = [f.name for f in files if not f.is_file()]
+    """The weight files of an HF directory: the shards its index names, else every ``*.safetensors`` file; each
+    a regular file inside ``model_dir`` (:func:`esjax.common.paths.inside`)."""
+    index = inside(model_dir, INDEX_FILE, required=False)
+    if index is not None:
+        content = read_json(index)
+        weight_map = content.get("weight_map") if isinstance(content, dict) else None
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index}: not a safetensors index (a JSON object with a non-empty 'weight_map' "
+                                  f"of tensor name -> shard file)")
+        shards = sorted({plain_name(name, f"{index} weight_map", ".safetensors") for name in weight_map.values()})
+        missing = [name for name in shards if not os.path.lexists(model_dir / name)]
         if missing:
             raise CheckpointError(f"{index}: shard files missing: {', '.join(missing)}")
-        return files
-    files = sorted(model_dir.glob("*.safetensors"))
+        return [inside(model_dir, name, f"{index} weight_map") for name in shards]
+    files = [inside(model_dir, f.name) for f in sorted(model_dir.glob("*.safetensors"))]
     if not files:
         raise CheckpointError(f"{model_dir}: no *.safetensors weights found")
     return files
@@ -153,13 +152,18 @@ def check_param_shapes(config: ModelConfig, flat_params: dict) -> None:
                                   f"expected {tuple(want[key].shape)}")
 
 
+def tokenizer_files(source: Path) -> list[Path]:
+    """The tokenizer files present in ``source``, each a regular file inside it (else UnsafePathError)."""
+    found = (inside(source, name, required=False) for name in TOKENIZER_FILES)
+    return [path for path in found if path is not None]
+
+
 def copy_tokenizer_files(source: Path, dest: Path) -> list[str]:
     """Copy the tokenizer files of ``source`` (contents only: new files get the umask's mode); returns their names."""
     copied = []
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file():
-            shutil.copyfile(source / name, dest / name)
-            copied.append(name)
+    for path in tokenizer_files(source):
+        shutil.copyfile(path, dest / path.name)
+        copied.append(path.name)
     return copied
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -23,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from esjax.common.files import publish_dir, temp_dir_beside
+from esjax.common.paths import check_tree, inside, read_json
 from esjax.models.config import ModelConfig, ModelConfigError
 from esjax.models.decoder import Params, param_shapes
 from esjax.models.hf import copy_tokenizer_files, is_hf_dir, load_hf
@@ -57,7 +59,7 @@ class LoadedModel(NamedTuple):
 
 
 def is_esjax_checkpoint(path: str | Path) -> bool:
-    return (Path(path) / MODEL_FILE).is_file()
+    return os.path.lexists(Path(path) / MODEL_FILE)
 
 
 def save_model(path: str | Path, config: ModelConfig, params: Params, source_dir: str | Path | None = None,
@@ -113,20 +115,34 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
+STORED_DTYPES = ("float32", "bfloat16", "float16")
+
+
 def read_model_config(path: str | Path) -> tuple[ModelConfig, str]:
-    file = Path(path) / MODEL_FILE
-    try:
-        meta = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelConfigError(f"{file}: not valid JSON ({e})") from None
+    """``(config, dtype)`` from an esjax checkpoint's ``esjax_model.json``, every field checked
+    (:meth:`ModelConfig.from_dict`); the file a regular file inside ``path``."""
+    file = inside(path, MODEL_FILE)
+    meta = read_json(file)
     if not isinstance(meta, dict) or meta.get("format") != 1:
         found = meta.get("format") if isinstance(meta, dict) else meta
-        raise ModelConfigError(f"{file}: unknown checkpoint format {found!r}")
+        raise ModelConfigError(f"{file}: unknown checkpoint format {str(found)[:80]!r}")
+    if meta.get("dtype") not in STORED_DTYPES:
+        raise ModelConfigError(f"{file}: field 'dtype' = {str(meta.get('dtype'))[:80]!r} is not one of "
+                               f"{', '.join(STORED_DTYPES)}")
+    return ModelConfig.from_dict(meta.get("config"), f"{file}: config"), meta["dtype"]
+
+
+def check_fits(config: ModelConfig, dtype: Any, where: str) -> None:
+    """Refuse a model whose weights alone exceed this machine's memory (before anything is allocated)."""
+    need = config.num_params() * np.dtype(jnp.dtype(dtype)).itemsize
     try:
-        config, dtype = ModelConfig.from_dict(meta["config"]), str(jnp.dtype(meta["dtype"]))
-    except (KeyError, TypeError, AttributeError, ValueError) as e:
-        raise ModelConfigError(f"{file}: malformed checkpoint metadata ({type(e).__name__}: {e})") from None
-    return config, dtype
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > have:
+        raise ModelConfigError(f"{where}: the config describes {config.num_params():,} parameters ({need / 2**30:.1f} "
+                               f"GiB in {jnp.dtype(dtype).name}), more than this machine's {have / 2**30:.1f} GiB "
+                               f"of memory")
 
 
 def restore_params(directory: str | Path, config: ModelConfig, dtype: Any, sharding: Any = None) -> Params:
@@ -150,13 +166,15 @@ def load_model(path: str | Path, dtype: Any = None, sharding: Any = None) -> Loa
     """
     path = resolve_model_path(path)
     if is_esjax_checkpoint(path):
+        check_tree(path, "esjax checkpoint")  # orbax reads params/ as it finds it
         config, stored = read_model_config(path)
+        check_fits(config, stored, str(path / MODEL_FILE))
         sharding = sharding(config) if callable(sharding) else sharding
-        params = restore_params(path / "params", config, stored, sharding)
+        params = restore_params(inside(path, "params", kind="dir"), config, stored, sharding)
         if dtype is not None and jnp.dtype(dtype) != jnp.dtype(stored):
             params = jax.tree.map(lambda x: x.astype(dtype), params)
-        tok = path / "tokenizer"
-        return LoadedModel(config, params, tok if tok.is_dir() else None, tok if tok.is_dir() else None)
+        tok = inside(path, "tokenizer", kind="dir", required=False)
+        return LoadedModel(config, params, tok, tok)
     if is_hf_dir(path):
         if callable(sharding):
             from esjax.models.config import load_config
