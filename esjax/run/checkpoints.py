@@ -1,17 +1,26 @@
 """Training checkpoints with orbax: the method state pytree + JSON metadata, atomic, keep the last M.
 
 orbax writes each step to a temporary directory and renames it when complete, so a kill -9 at any moment
-leaves either the previous checkpoints or the new one, never a half-written step. Every process takes part in
-``save``/``restore`` (multi-host safe); typed PRNG keys are stored as their raw key data.
+leaves either the previous checkpoints or the new one, never a half-written step. A step damaged afterwards (a
+folder deleted or emptied, a file truncated) is skipped on resume: :meth:`RunCheckpoints.restore_intact` takes the
+newest step that restores, moves the damaged ones aside into ``damaged_checkpoints/`` (nothing is deleted) and
+says so in one line. Every process takes part in ``save``/``restore`` (multi-host safe); typed PRNG keys are stored
+as their raw key data.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
+
+from esjax import distributed
+from esjax.common.errors import EsjaxError
+
+DAMAGED_DIR = "damaged_checkpoints"  # beside checkpoints/, where damaged steps are moved
 
 
 def _is_key(x: Any) -> bool:
@@ -20,6 +29,10 @@ def _is_key(x: Any) -> bool:
 
 def _unkey(tree: Any) -> Any:
     return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+
+
+class DamagedCheckpointError(EsjaxError, ValueError):
+    """No checkpoint of the run restores; the message names the run directory and each step's damage."""
 
 
 class StateMismatchError(ValueError):
@@ -66,6 +79,8 @@ class RunCheckpoints:
         :class:`StateMismatchError` naming the first differences."""
         step = self.latest() if iteration is None else iteration
         saved = self.manager.item_metadata(step)["state"]
+        if not _leaves(getattr(saved, "tree", saved)):
+            raise FileNotFoundError(f"{self.directory / str(step) / 'state'}: no saved state")
         difference = state_difference(getattr(saved, "tree", saved), _unkey(target))
         if difference:
             raise StateMismatchError(f"{self.directory / str(step)}: the saved training state does not match these "
@@ -77,5 +92,62 @@ class RunCheckpoints:
                              target, restored["state"])
         return state, restored["meta"]
 
+    def restore_intact(self, target_for: Callable[[int], Any], log: Callable[[str], None] = print
+                       ) -> tuple[int, Any, dict] | None:
+        """``(step, state, meta)`` of the newest checkpoint that restores into ``target_for(step)`` with metadata
+        naming that step (None: no checkpoint). Damaged newer steps are moved into ``damaged_checkpoints/`` (so
+        a resumed run can write those steps again) and named in one ``log`` line with why; a state of another
+        structure still raises :class:`StateMismatchError`; none intact raises :class:`DamagedCheckpointError`."""
+        damaged: list[tuple[int, str]] = []
+        found = None
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                state, meta = self.restore(target_for(step), step)
+                _check_meta(meta, step)
+            except StateMismatchError:
+                raise
+            except Exception as e:  # orbax, tensorstore and JSON raise many types for missing or cut files
+                damaged.append((step, " ".join(f"{type(e).__name__}: {e}".split())[:200]))
+                continue
+            found = step, state, meta
+            break
+        if damaged and found is None:
+            raise DamagedCheckpointError(f"{self.directory.parent}: no intact checkpoint to resume from ("
+                                         + "; ".join(f"{self.directory.name}/{s}: {why}" for s, why in damaged)
+                                         + "); nothing was changed")
+        if damaged:
+            moved = self._move_aside([s for s, _ in damaged])
+            log(f"skipped damaged checkpoint{'s' if len(damaged) > 1 else ''} "
+                + "; ".join(f"{self.directory.name}/{s} ({why})" for s, why in damaged)
+                + f", moved to {', '.join(moved)}; resuming from {self.directory.name}/{found[0]}")
+        return found
+
+    def _move_aside(self, steps: list[int]) -> list[str]:
+        """Move ``steps`` into ``damaged_checkpoints/STEP`` (STEP.1, ... if taken); process 0 moves, all reload."""
+        aside = self.directory.parent / DAMAGED_DIR
+        names = []
+        for step in steps:
+            name, n = str(step), 0
+            while os.path.lexists(aside / name):
+                n += 1
+                name = f"{step}.{n}"
+            names.append(f"{DAMAGED_DIR}/{name}")
+            if distributed.is_main_process():
+                aside.mkdir(exist_ok=True)
+                os.replace(self.directory / str(step), aside / name)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("esjax_damaged_checkpoints_moved")
+        self.manager.reload()
+        return names
+
     def close(self) -> None:
         self.manager.close()
+
+
+def _check_meta(meta: Any, step: int) -> None:
+    """A checkpoint's metadata: an object whose iteration is ``step``, with its metrics records and matrices."""
+    ok = (isinstance(meta, dict) and meta.get("iteration") == step and isinstance(meta.get("metrics"), list)
+          and all(isinstance(r, dict) for r in meta["metrics"]) and isinstance(meta.get("matrices"), dict))
+    if not ok:
+        raise ValueError("its metadata is not the iteration, metrics and matrices of this step")

@@ -174,13 +174,18 @@ class Run:
         records, matrices, start = [], {}, 0
         params = self.model.params
         key = jax.random.key(s.train.seed)
-        if self.resume and checkpoints.latest() is not None:
-            stage = self._stage_at(checkpoints.latest() - 1 if checkpoints.latest() else 0)
-            method = self._method(stage, params)
-            method_stage = stage.index
-            state, meta = checkpoints.restore(method.init(params, jax.random.fold_in(key, stage.index)))
-            start, records, matrices = meta["iteration"], meta["metrics"], meta["matrices"]
-            self.log(f"resuming {self.out_dir} at iteration {start}/{total}")
+        if self.resume:
+            def target(step: int):  # the state method.init builds for the stage of ``step``
+                nonlocal method, method_stage
+                stage = self._stage_at(step - 1 if step else 0)
+                if method_stage != stage.index:
+                    method, method_stage = self._method(stage, params), stage.index
+                return method.init(params, jax.random.fold_in(key, stage.index))
+            found = checkpoints.restore_intact(target, self.log)  # damaged newer steps: skipped, named, kept
+            if found is not None:
+                _, state, meta = found
+                start, records, matrices = meta["iteration"], meta["metrics"], meta["matrices"]
+                self.log(f"resuming {self.out_dir} at iteration {start}/{total}")
         logger = MetricsLogger(self.out_dir, records)
         samples = records[-1].get("samples", 0) if records else 0
         if self.changes:  # the state restored into these settings: record the change from this iteration on
