@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -29,7 +28,7 @@ from esjax.models import load_model, save_model
 from esjax.models.decoder import Params
 from esjax.models.sharding import param_shardings
 from esjax.run.resume import CONFIG_FILE, completed_iterations, record_changes, settings_changes
-from esjax.run.directory import RunDirError, prepare_run_dir_once
+from esjax.run.directory import RunDirError, discard_new_run_dir, prepare_run_dir_once, release_run_dir
 from esjax.run.scoring import score_rows
 from esjax.run.settings import RunSettings, TaskSettings, load_settings, resolve
 
@@ -120,7 +119,7 @@ class Run:
         """After a failure: remove a new run's directory while it holds no checkpoint (nothing to resume; a resume
         would start over too), so that the corrected command can use the same ``--out``."""
         if not self.resume and completed_iterations(self.out_dir) == 0 and distributed.is_main_process():
-            shutil.rmtree(self.out_dir, ignore_errors=True)
+            discard_new_run_dir(self.out_dir)
 
     def _check_saved_settings(self) -> None:
         """A resumed run trains with its saved settings, or with the ``changes`` the caller declared."""
@@ -324,3 +323,5 @@ def train(settings: RunSettings, out_dir: str | Path, *, resume: bool = False, p
     except Exception:
         run.discard_if_unstarted()
         raise
+    finally:
+        release_run_dir(run.out_dir)
