@@ -229,7 +229,7 @@ LENIENT = [
     ("countdown_boxed", countdown_row(N3), "\\boxed{[44 + 19] + 35}", 0.0, 1.0),
     ("countdown_boxed", {"numbers": [2, 3, 1], "target": 8}, "\\boxed{2**3*1}", 1.0, 0.0),
     ("math", {"problem": "p", "answer": "5"}, "\\fbox{5}", 0.0, 1.0),
-    ("math", {"problem": "p", "answer": "5"}, "\\boxed{5 cm}", 0.0, 1.0),
+    ("math", {"problem": "p", "answer": "2x"}, "\\boxed{2x cm}", 0.0, 1.0),
     ("math", {"problem": "p", "answer": "y=5"}, "\\boxed{x=5}", 0.0, 0.0),
     ("math", {"problem": "p", "answer": "11"}, "\\boxed{-x = 11}", 0.0, 0.0),
     ("boolq", {"question": "q", "passage": "p", "answer": False}, "Answer: no", 0.0, 1.0),

@@ -21,6 +21,8 @@ CASES = [
     ("5\\text{ cm}", "5", 1, 0), ("12", "12\\text{ square feet}", 1, 0), ("9", "9\\text{ cm}^2", 1, 0),
     ("9", "9 \\,\\mathrm{km}", 1, 0), ("30", "30^\\circ\\text{C}", 1, 0), ("4", "4\\text{ sq. ft.}", 1, 0),
     ("2\\sqrt{3}", "2\\sqrt{3}\\text{ units}", 1, 0), ("5\\text{ cm}", "5\\text{ centimeters}", 1, 0),
+    ("\\frac{1}{3}", "\\frac{1}{3}\\text{ of an inch}", 1, 1), ("5", "\\text{5 cm}", 1, 0), ("12", "12 square feet", 1, 0),
+    ("45", "45 degrees", 1, 0), ("2x", "2x cm", 0, 0), ("5", "5m", 0, 0), ("\\nicefrac{1}{2}", "0.5", 1, 0),
     # trailing punctuation and LaTeX spacing
     ("\\frac{1}{2}", "\\frac{1}{2}.", 1, 1), ("\\frac{35}{17}", "\\frac{35}{17}\\!", 1, 1),
     ("\\frac{977}{4}", "\\frac{977}{4}~", 1, 1), ("\\frac{2}{3}", "\\;\\frac{2}{3}\\quad", 1, 0),
@@ -66,7 +68,8 @@ def test_options():
             tasks.get("math", **bad)
     lenient = tasks.get("math", lenient=True)
     row = {"problem": "p", "answer": "5"}
-    assert [lenient.reward(c, row)[0] for c in ("\\fbox{5}", "\\boxed{x = 5}", "\\boxed{5 cm}")] == [1.0] * 3
+    assert [lenient.reward(c, row)[0] for c in ("\\fbox{5}", "\\boxed 5", "\\boxed{x = 5}")] == [1.0] * 3
+    assert lenient.reward("\\boxed{2x cm}", {"problem": "p", "answer": "2x"})[0] == 1.0
     assert lenient.reward("\\boxed{x = 5}", {"problem": "p", "answer": "y = 5"})[0] == 0.0
 
 
@@ -102,6 +105,21 @@ def decorated(draw, answer: str) -> str:
     return before + answer + after
 
 
+@st.composite
+def restated(draw, value: Fraction) -> str:
+    """A number as a model states it: ``x = ...``, an approximation after it, unit words, grouped digits."""
+    text = draw(spellings(value))
+    if value.denominator == 1 and abs(value) >= 1000 and draw(st.booleans()):
+        text = f"{int(value):,}".replace(",", draw(st.sampled_from([",", "{,}", "\\,", ",\\!"])))
+    if draw(st.booleans()):
+        text = f"{draw(st.sampled_from('xyknt'))} = {text}"
+    if draw(st.booleans()):
+        text += draw(st.sampled_from([" cm", " square feet", " degrees", " dollars", " ways"]))
+    if draw(st.booleans()):
+        text += f" \\approx {float(value):.2f}"
+    return text
+
+
 values = st.fractions(min_value=-10 ** 4, max_value=10 ** 4, max_denominator=64)
 
 
@@ -126,6 +144,27 @@ def test_decorated_wrong_numbers_stay_wrong(data, value, other):
         ",".join(str(abs(value.numerator))) if abs(value.numerator) >= 10 else f"{value - 2}"])))  # 1,2 for 12
     answer = data.draw(decorated(wrong))
     assert exact_value(canonical(answer)) != value and not answers_equal(answer, gold), (answer, gold)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), value=values, other=values)
+def test_restated_numbers(data, value, other):
+    gold = data.draw(decorated(data.draw(spellings(value))))
+    assert answers_equal(data.draw(restated(value)), gold)
+    if other != value:
+        assert not answers_equal(data.draw(restated(other)), gold)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), xs=st.lists(values, min_size=2, max_size=5, unique=True))
+def test_solution_lists_in_any_order_tuples_in_theirs(data, xs):
+    gold = ", ".join(data.draw(spellings(x)) for x in xs)
+    order = data.draw(st.permutations(xs))
+    answer = ", ".join(data.draw(spellings(x)) for x in order)
+    assert answers_equal(data.draw(st.sampled_from([answer, f"\\{{{answer}\\}}"])), gold)
+    assert answers_equal(f"({answer})", f"({gold})") == (list(order) == xs)
+    changed = ", ".join(data.draw(spellings(x + 1 if k == 0 else x)) for k, x in enumerate(order))
+    assert not answers_equal(changed, gold) or sorted(xs) == sorted([order[0] + 1, *order[1:]])
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -6,7 +6,7 @@
   ``\\displaystyle``, ``\\left``/``\\right``, ``\\big``) and spaces: ``\\frac{35}{17}\\!`` -> ``\\frac{35}{17}``;
 - units: a trailing ``\\text{..}`` / ``\\mbox{..}`` (also ``\\textrm``, ``\\mathrm``, ...) whose content is words
   (``\\text{ inches}``, ``\\mbox{cm}^2``, ``\\text{ sq. ft}``), but not words that change the answer ("or more",
-  "and", "is even"; :data:`NOT_UNITS`): ``\\frac{1}{3}\\text{ inches}`` -> ``\\frac{1}{3}``;
+  "and", "is even"; :data:`NOT_UNITS`); ``\\frac{1}{3}\\text{ of an inch}`` is a unit: ``\\frac{1}{3}\\text{ inches}`` -> ``\\frac{1}{3}``;
 - degrees (``^\\circ``, ``^{\\circ}``, ``°``, ``\\degree``), dollar and percent signs (``10\\%`` -> ``10``, as
   the reference);
 - trailing punctuation ``. , ; :`` (not ``!``, a factorial): ``\\frac{1}{2}.`` -> ``\\frac{1}{2}``;
@@ -22,9 +22,10 @@ number (only groups of three digits are thousands), ``\\frac{28}{17}x`` is not `
 not a number. Symbolic equality (``\\frac{\\pi}{2}`` vs ``\\frac{1}{2}\\pi``) is Math-Verify's job
 (``grader: math_verify``).
 
-``lenient=True`` (the task option ``lenient``) also drops the ``x =`` of a one-letter equation when the other
-side is no equation and unit words written without ``\\text`` (``5 cm``). Everything is linear in the answer's
-length (at most ``MAX_ANSWER`` characters are read) and nothing raises.
+Also: the ``x =`` of a one-letter equation goes when the other side is no equation (``x = 5`` equals ``5``, but
+``x = 5`` never equals ``y = 5``), and unit words written without ``\\text`` after a plain number (``5 cm``,
+``\\text{12 square feet}``); ``lenient=True`` (the task option) drops such words after anything (``2x cm``).
+Everything is linear in the answer's length (at most ``MAX_ANSWER`` characters are read) and nothing raises.
 """
 
 from __future__ import annotations
@@ -43,10 +44,11 @@ _TRAILING_UNIT = re.compile(_WRAPPER + r"\s*(?:\^\s*(?:\{\s*[23]\s*\}|[23]))?\s*
 _UNIT_TEXT = re.compile(r"[A-Za-z][A-Za-z .\-/]*")
 NOT_UNITS = frozenset("and or not no is are if only than more less least most at none undefined all except for "
                       "when where but with without both neither nor either any each every some yes true false "
-                      "of even odd".split())
+                      "even odd".split())
 _SINGLE_LETTER_UNITS = frozenset("mgshlLKCFNJWVA")  # after \mathrm: one letter is a unit only if it is one of these
 _UNWRAP = re.compile(r"\\(?:text|textrm|textnormal|textup|textit|textsf|textbf|mbox|mathrm|mathbf)\s*\{|[{}]")
-_PUNCTUATION = ".,;:"
+_MARK = "\u2063"  # invisible separator: marks a comma followed by white space
+_PUNCTUATION = ".,;:" + _MARK
 _FRAC_SHORT = re.compile(r"\\frac([0-9A-Za-z])([0-9A-Za-z])")
 _FRAC_HALF = re.compile(r"\\frac([0-9A-Za-z])\{")
 _SQRT_SHORT = re.compile(r"\\sqrt([0-9A-Za-z])")
@@ -65,6 +67,10 @@ _UNIT_WORDS = frozenset(
     "min hour hours hr day days week weeks year years cent cents dollar dollars pound pounds lb lbs kg g gram "
     "grams ounce ounces oz liter liters ml people ways".split())
 _VARIABLE = re.compile(r"[A-Za-z]")
+LIST_COMMA = "," + _MARK
+_LIST_COMMA = re.compile(r"(?<!\\),(?=\s)")
+_SIGNED = r"[-+]?[0-9.,]+"
+_PLAIN_NUMBER = re.compile(rf"[-+]?(?:{_SIGNED}|\\frac\{{{_SIGNED}\}}\{{{_SIGNED}\}}|{_SIGNED}/{_SIGNED})")
 
 
 def _is_unit(wrapper: str, content: str) -> bool:
@@ -122,9 +128,12 @@ def _drop_unit_words(s: str) -> str:
 
 
 def canonical(answer: str, lenient: bool = False, drop_variable: bool = False) -> str:
-    """The canonical string of a MATH answer (module docstring); ``drop_variable`` (lenient only): ``x=5`` -> ``5``."""
-    s = answer[:MAX_ANSWER].replace("\u2212", "-").replace("\n", " ")
-    for old in ("\\dfrac", "\\tfrac", "\\cfrac"):
+    """The canonical string of a MATH answer (module docstring); ``drop_variable``: ``x=5`` -> ``5``.
+
+    A comma followed by white space (``1, 100``) separates items, never thousands: it keeps a mark
+    (``LIST_COMMA``) that only :func:`exact_value` sees."""
+    s = _LIST_COMMA.sub(LIST_COMMA, answer[:MAX_ANSWER].replace("\u2212", "-").replace("\n", " "))
+    for old in ("\\dfrac", "\\tfrac", "\\cfrac", "\\nicefrac", "\\sfrac"):
         s = s.replace(old, "\\frac")
     s = _SPACING.sub(" ", s)
     s = _DEGREES.sub(" ", s)
@@ -134,10 +143,11 @@ def canonical(answer: str, lenient: bool = False, drop_variable: bool = False) -
             s = s.split(approx, 1)[0]
     s = _strip_trailing(s)
     s = _unwrap(s)
-    if lenient:
-        s = _drop_unit_words(s)
     if drop_variable and s.count("=") == 1 and _VARIABLE.fullmatch(s.split("=")[0].strip()):
         s = s.split("=")[1]
+    without_units = _drop_unit_words(s)
+    if lenient or _PLAIN_NUMBER.fullmatch("".join(without_units.split()).replace("{,}", ",")):  # "5 cm", \text{12 square feet}
+        s = without_units
     s = "".join(s.split()).replace("{,}", ",")
     s = s.rstrip(_PUNCTUATION) or s
     s = _FRAC_SHORT.sub(r"\\frac{\1}{\2}", s)
@@ -194,9 +204,9 @@ def _split(s: str) -> list[str] | None:
             if depth < 0:
                 return None
         elif c == "," and depth == 0:
-            items.append(s[start:k])
+            items.append(s[start:k].lstrip(_MARK))
             start = k + 1
-    items.append(s[start:])
+    items.append(s[start:].lstrip(_MARK))
     return items if depth == 0 else None
 
 
@@ -224,7 +234,7 @@ def _canonical_equal(a: str, b: str, depth: int = 0) -> bool:
     """Equality of canonical answers: strings, exact numbers, then tuples item by item and sets in any order."""
     if not a or not b or depth > 8:
         return False
-    if a == b:
+    if a.replace(LIST_COMMA, ",") == b.replace(LIST_COMMA, ","):
         return True
     x, y = exact_value(a), exact_value(b)
     if x is not None or y is not None:
@@ -259,4 +269,4 @@ def math_equal(prediction: str | None, reference: str | None) -> bool:
 
 def normalize_math(answer: str, drop_variable: bool = True) -> str:
     """The lenient canonical form of an answer (``canonical(answer, lenient=True)``)."""
-    return canonical(answer, lenient=True, drop_variable=drop_variable)
+    return canonical(answer, lenient=True, drop_variable=drop_variable).replace(LIST_COMMA, ",")

@@ -13,7 +13,7 @@ answer is ``answer``, else the last ``\\boxed{}`` of ``solution``. Reward: the l
   with ``grader_timeout`` seconds per answer (:mod:`esjax.tasks.verifier`).
 
 Truncated completions are scored like any other. ``lenient=True``: ``\\fbox``, unbraced ``\\boxed 5``, and (with
-the esjax grader) ``x = 5`` for 5 and unit words without ``\\text`` (``5 cm``).
+the esjax grader) unit words without ``\\text`` after any answer (``2x cm``).
 """
 
 from __future__ import annotations
