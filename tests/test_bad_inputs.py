@@ -253,6 +253,8 @@ def _analyze(*flags: str):
                       "--out", str(c.out), "--limit", "2", "--max-new-tokens", "2", "--no-progress", *flags]
 
 
+DEEP_LIST = "[" * 100_000 + "]" * 100_000
+DEEP_OBJECT = '{"a":' * 100_000 + "1" + "}" * 100_000
 SYNTAX_ERROR_TASK = "def broken(:\n    pass\n"
 RAISING_TASK = "import esjax\nraise RuntimeError('task file refuses to load')\n"
 
@@ -420,6 +422,22 @@ COMMAND_CASES = [
     ("data:from-unknown-split", lambda c: ["data", "prepare", "boolq", "--out", str(c.out), "--from",
                                            f"dev={c.file('b.jsonl', '{}')}"], "dev"),
     ("esjax:unknown-command", lambda c: ["frobnicate"], "frobnicate"),
+    # nesting deep enough to overflow a recursive parser, seeds past the RNG's range
+    ("train:config-deep", lambda c: ["train", c.file("d.yaml", "a: " + DEEP_LIST + "\n"), "--out", str(c.out)],
+     "d.yaml: nested deeper"),
+    ("train:config-self-alias", lambda c: ["train", c.file("a.yaml", "a: &x [*x]\n"), "--out", str(c.out)],
+     "a.yaml: nested deeper"),
+    ("train:config-deep-but-parsable", lambda c: ["train", c.file("d.yaml", "a: " + "[" * 500 + "]" * 500 + "\n"),
+                                                  "--out", str(c.out)], "d.yaml: nested deeper"),
+    ("train:set-deep", lambda c: c.train(f"task.options={DEEP_LIST}"), "--set task.options: nested deeper"),
+    ("eval:task-option-deep", _eval("--task-option", f"scale={DEEP_LIST}"), "--task-option scale: nested deeper"),
+    ("data:from-deep-json", lambda c: ["data", "prepare", "countdown", "--out", str(c.out), "--from",
+                                       c.file("cd.json", "[" + DEEP_OBJECT + "]")], "cd.json:1: row 0 is nested"),
+    ("data:from-deep-jsonl", lambda c: ["data", "prepare", "boolq", "--out", str(c.out),
+                                        "--from", f"train={c.file('t.jsonl', DEEP_OBJECT)}",
+                                        "--from", f"validation={c.file('v.jsonl', DEEP_OBJECT)}"], "t.jsonl:1: nested"),
+    ("generate:seed-huge", _gen("--seed", str(2**70)), "--seed"),
+    ("generate:seed-negative", _gen("--seed", "-1"), "--seed"),
 ]
 
 CASES = (_model_cases(MODEL_DEFECTS, MODEL_COMMANDS) + _model_cases(TOKENIZER_DEFECTS, TOKENIZER_COMMANDS)

@@ -1,5 +1,7 @@
 """Prompt encoding: raw text gets the tokenizer's BOS (as Llama 3's does), a chat-templated prompt gets it once."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -85,3 +87,16 @@ def test_chat_prompt_needs_a_template():
     with pytest.raises(ValueError, match="chat template"):
         render(None, [{"role": "user", "content": "hi"}])
     assert render(None, "raw") == "raw"
+
+
+@pytest.mark.parametrize("prompt, needle", [
+    ("a\ud800b", "U+D800 at offset 1"), ("a\x00b", "U+0000 at offset 1"),
+    ([{"role": "user", "content": "x\udfff"}], "U+DFFF"), (5, "got int"),
+    ([{"role": "user", "content": 5}], "got list"), ([{"content": "hi"}], "got list")])
+def test_unencodable_prompts_are_one_error_naming_the_prompt(bos_tokenizer, prompt, needle):
+    """Through the Python API (generate_texts, PromptSet): NUL, lone surrogates and non-text prompts are refused
+    before the tokenizer sees them (it raised TypeError deep inside)."""
+    from esjax.generation.prompts import PromptError
+    with pytest.raises(PromptError, match=rf"^prompt 1: .*{re.escape(needle)}"):
+        encode_prompts(bos_tokenizer, ["fine", prompt])
+    assert encode_prompts(bos_tokenizer, ["é😀\t\n"])  # other characters are text

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from esjax.cli.args import EXIT_USER_ERROR, OneLineParser, nonnegative_float, nonnegative_int, positive_int, probability
+from esjax.cli.args import (EXIT_USER_ERROR, OneLineParser, nonnegative_float, nonnegative_int, positive_int,
+                            probability, seed)
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "assets" / "demo_es.yaml"
 
@@ -234,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=nonnegative_int, default=None, help="0 = no top-k filter")
     p.add_argument("--greedy", action="store_true", help="greedy decoding whatever generation_config.json says")
     p.add_argument("--num-samples", type=positive_int, default=1)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--dtype", choices=dtypes, default=None)
     p.set_defaults(func=cmd_generate)
 

@@ -32,16 +32,38 @@ class FieldError(SettingsError):
         self.field, self.problem = field, problem
 
 
+MAX_DEPTH = 64  # settings nest a few levels; deeper is not a config (and would recurse in every reader)
+
+
 def parse_yaml(text: str, where: str = "<string>") -> Any:
-    """YAML text -> Python; a syntax error is a one-line SettingsError ``where:line:column: problem``."""
+    """YAML text -> Python; a syntax error is a one-line SettingsError ``where:line:column: problem``, and so is
+    nesting deeper than ``MAX_DEPTH`` levels (a value that contains itself through an alias included)."""
     try:
-        return yaml.load(text, Loader=_Loader)
+        value = yaml.load(text, Loader=_Loader)
+    except RecursionError:
+        raise SettingsError(f"{where}: nested deeper than {MAX_DEPTH} levels") from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         at = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where
         raise SettingsError(f"{at}: invalid YAML: {' '.join(str(e.problem or e.context).split())}") from None
     except yaml.YAMLError as e:
         raise SettingsError(f"{where}: invalid YAML: {' '.join(str(e).split())}") from None
+    _check_depth(value, where)
+    return value
+
+
+def _check_depth(value: Any, where: str) -> None:
+    """SettingsError if lists/mappings nest deeper than MAX_DEPTH (iterative; shared aliases visited once per
+    depth, so a self-referencing alias ends at the limit too)."""
+    stack, deepest = [(value, 1)], {}
+    while stack:
+        node, depth = stack.pop()
+        if not isinstance(node, (dict, list)) or deepest.get(id(node), 0) >= depth:
+            continue
+        if depth > MAX_DEPTH:
+            raise SettingsError(f"{where}: nested deeper than {MAX_DEPTH} levels")
+        deepest[id(node)] = depth
+        stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node))
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:

@@ -51,6 +51,8 @@ def _array(text: str, path: Path, validate: Validator | None) -> list[Example]:
             obj, i = decoder.raw_decode(text, i)
         except json.JSONDecodeError as e:
             raise TaskDataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+        except RecursionError:
+            raise TaskDataError(f"{path}:{line}: row {len(rows)} is nested too deeply") from None
         rows.append(_check(obj, f"{path}:{line} (row {len(rows)})", validate))
         i = _WS.match(text, i).end()
         if i < len(text) and text[i] == ",":
@@ -86,6 +88,8 @@ def load_records(path: str | Path, validate: Validator | None = None) -> list[Ex
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise TaskDataError(f"{path}:{lineno}: invalid JSON ({e.msg})") from None
+        except RecursionError:
+            raise TaskDataError(f"{path}:{lineno}: nested too deeply") from None
         rows.append(_check(obj, f"{path}:{lineno}", validate))
     return rows
 
