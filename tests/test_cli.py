@@ -1,6 +1,7 @@
 """CLI: convert / export / generate, and one-line errors with exit code 2."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -104,3 +105,30 @@ def test_prompt_that_encodes_to_nothing_is_one_line_exit_2(tmp_path, capsys):
     assert main(["eval", "--model", str(source), "--task", "countdown_procedural", "--limit", "2"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "'countdown_procedural': prompt 0 encodes to no tokens" in err, err
+
+
+NOISY = """
+import logging, sys
+from esjax.cli.quiet import quiet_libraries
+quiet_libraries(verbose=len(sys.argv) > 1)
+logging.getLogger("absl").warning("absl-noise")
+class Leaky:
+    def __del__(self):
+        raise RuntimeError("unraisable-noise")
+Leaky()
+import transformers.utils.logging as tl
+tl.get_logger("transformers").warning_advice("transformers-advice")
+print("esjax-output")
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_library_noise_stays_off_the_terminal_unless_verbose(verbose):
+    """absl warnings, transformers' advice ("PyTorch was not found" is one) and "Exception ignored" reports are
+    dropped; --verbose (here: an argument) keeps them; esjax's own output is untouched either way."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRANSFORMERS_", "ESJAX_VERBOSE"))}
+    proc = subprocess.run([sys.executable, "-c", NOISY, *(["-v"] if verbose else [])], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and proc.stdout == "esjax-output\n", proc.stderr
+    for noise in ("absl-noise", "unraisable-noise", "transformers-advice"):
+        assert (noise in proc.stderr) == verbose, (noise, proc.stderr)

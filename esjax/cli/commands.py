@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 
 from esjax.cli.args import (EXIT_USER_ERROR, OneLineParser, nonnegative_float, nonnegative_int, positive_int,
                             probability, seed)
+from esjax.cli.quiet import quiet_libraries
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "assets" / "demo_es.yaml"
 
@@ -204,6 +205,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="esjax", description="ES and GRPO fine-tuning of LLMs in JAX.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show other libraries' warnings and logs (transformers, absl, orbax); ESJAX_VERBOSE=1 too")
     sub = parser.add_subparsers(dest="command", required=True)
     dtypes = ["float32", "bfloat16", "float16"]
 
@@ -282,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_libraries(args.verbose)
     func: Callable[[argparse.Namespace], None] = args.func
     try:
         func(args)
