@@ -23,6 +23,10 @@ CASES = [
     ("2\\sqrt{3}", "2\\sqrt{3}\\text{ units}", 1, 0), ("5\\text{ cm}", "5\\text{ centimeters}", 1, 0),
     ("\\frac{1}{3}", "\\frac{1}{3}\\text{ of an inch}", 1, 1), ("5", "\\text{5 cm}", 1, 0), ("12", "12 square feet", 1, 0),
     ("45", "45 degrees", 1, 0), ("2x", "2x cm", 0, 0), ("5", "5m", 0, 0), ("\\nicefrac{1}{2}", "0.5", 1, 0),
+    ("30", "30^\\circ C", 1, 0), ("30", "30^{\\circ}\\text{F}", 1, 0), ("25", "25 percent", 1, 0),
+    ("\\text{(C)}", "C", 1, 0), ("\\text{(C)}", "(D)", 0, 0), ("5", "(5)", 1, 0), ("[0,1)", "x \\in [0, 1)", 1, 0),
+    ("\\frac{9}{4}", "2\\frac{1}{4}", 1, 0), ("\\frac{1}{2}", "2\\frac{1}{4}", 0, 0), ("5", "\\sin x = 5", 0, 0),
+    ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", 1, 1), ("1, 100", "1100", 0, 1),
     # trailing punctuation and LaTeX spacing
     ("\\frac{1}{2}", "\\frac{1}{2}.", 1, 1), ("\\frac{35}{17}", "\\frac{35}{17}\\!", 1, 1),
     ("\\frac{977}{4}", "\\frac{977}{4}~", 1, 1), ("\\frac{2}{3}", "\\;\\frac{2}{3}\\quad", 1, 0),

@@ -4,28 +4,31 @@
 
 - LaTeX spacing and sizing (``\\!``, ``\\,``, ``\\;``, ``\\:``, ``\\ ``, ``~``, ``\\quad``, ``\\hspace{..}``,
   ``\\displaystyle``, ``\\left``/``\\right``, ``\\big``) and spaces: ``\\frac{35}{17}\\!`` -> ``\\frac{35}{17}``;
-- units: a trailing ``\\text{..}`` / ``\\mbox{..}`` (also ``\\textrm``, ``\\mathrm``, ...) whose content is words
-  (``\\text{ inches}``, ``\\mbox{cm}^2``, ``\\text{ sq. ft}``), but not words that change the answer ("or more",
-  "and", "is even"; :data:`NOT_UNITS`); ``\\frac{1}{3}\\text{ of an inch}`` is a unit: ``\\frac{1}{3}\\text{ inches}`` -> ``\\frac{1}{3}``;
-- degrees (``^\\circ``, ``^{\\circ}``, ``°``, ``\\degree``), dollar and percent signs (``10\\%`` -> ``10``, as
-  the reference);
+- units: a trailing ``\\text{..}`` / ``\\mbox{..}`` (also ``\\textrm``, ``\\mathrm``, ...) of words
+  (``\\text{ inches}``, ``\\mbox{cm}^2``, ``\\text{ of an inch}``), but not words that change the answer
+  ("or more", "and", "is even"; :data:`NOT_UNITS`); unit words without ``\\text`` after a plain number (``5 cm``,
+  ``\\text{12 square feet}``, ``25 percent``): ``\\frac{1}{3}\\text{ inches}`` -> ``\\frac{1}{3}``;
+- degrees (``^\\circ``, ``^{\\circ}``, ``°``, ``\\degree``, with a ``C``/``F`` after them), dollar and percent
+  signs (``10\\%`` -> ``10``, as the reference);
 - trailing punctuation ``. , ; :`` (not ``!``, a factorial): ``\\frac{1}{2}.`` -> ``\\frac{1}{2}``;
 - an approximation after the answer: ``\\frac{1}{3} \\approx 0.333`` -> ``\\frac{1}{3}``;
+- a one-letter variable when only one side names it: ``x = 5`` -> ``5``, ``x \\in [0, 1)`` -> ``[0, 1)`` (but
+  ``x = 5`` never equals ``y = 5``, nor ``-x = 11`` 11);
 - spellings of the same LaTeX: ``\\dfrac``/``\\tfrac``/``\\cfrac`` -> ``\\frac``, ``\\frac12`` ->
-  ``\\frac{1}{2}``, ``\\sqrt3`` -> ``\\sqrt{3}``, ``x^{2}`` -> ``x^2``, ``\\text{(B)}`` -> ``(B)``.
+  ``\\frac{1}{2}``, ``\\sqrt3`` -> ``\\sqrt{3}``, ``x^{2}`` -> ``x^2``, ``\\text{(B)}`` -> ``(B)`` -> ``B``
+  (parentheses around one item).
 
-:func:`answers_equal`: the canonical strings are equal, or both are exactly the same rational number
-(:func:`exact_value`: integers, decimals, ``1,000`` with groups of three digits, ``\\frac{a}{b}``, ``a/b``,
-``0.\\overline{3}``, with a sign), or both are tuples / intervals with the same brackets whose items are equal
-this way. Nothing is approximate: ``0.333`` is not ``\\frac{1}{3}``, ``1,2`` is not 12, ``10,00,000`` is not a
-number (only groups of three digits are thousands), ``\\frac{28}{17}x`` is not ``\\frac{28}{17}``, ``1/2/3`` is
-not a number. Symbolic equality (``\\frac{\\pi}{2}`` vs ``\\frac{1}{2}\\pi``) is Math-Verify's job
-(``grader: math_verify``).
+:func:`answers_equal`: the canonical strings are equal; or both are exactly the same rational number
+(:func:`exact_value`: integers, decimals, ``1,000`` (groups of three digits; a comma followed by a space
+separates items), ``\\frac{a}{b}``, ``a/b``, ``0.\\overline{3}``, mixed numbers ``2\\frac{1}{4}``, powers
+``2^{10}`` and ``1.5\\times10^{3}``, signed); or both are tuples / intervals with the same brackets whose items
+are equal this way, or sets ``\\{..\\}`` / bare lists of solutions with the same items in any order. Nothing is
+approximate: ``0.333`` is not ``\\frac{1}{3}``, ``1,2`` is not 12, ``10,00,000`` is not a number,
+``\\frac{28}{17}x`` is not ``\\frac{28}{17}``, ``1/2/3`` is not a number. Symbolic equality
+(``\\frac{\\pi}{2}`` vs ``\\frac{1}{2}\\pi``) is Math-Verify's job (``grader: math_verify``).
 
-Also: the ``x =`` of a one-letter equation goes when the other side is no equation (``x = 5`` equals ``5``, but
-``x = 5`` never equals ``y = 5``), and unit words written without ``\\text`` after a plain number (``5 cm``,
-``\\text{12 square feet}``); ``lenient=True`` (the task option) drops such words after anything (``2x cm``).
-Everything is linear in the answer's length (at most ``MAX_ANSWER`` characters are read) and nothing raises.
+``lenient=True`` (the task option) also drops unit words after any answer (``2x cm``). Everything is linear in
+the answer's length (at most ``MAX_ANSWER`` characters are read) and nothing raises.
 """
 
 from __future__ import annotations
@@ -35,10 +38,11 @@ from fractions import Fraction
 
 from esjax.tasks.boxed import MAX_ANSWER
 
-_SPACING = re.compile(r"\\(?:[!,;:> ]|q?quad(?![A-Za-z])|(?:en|thin|med|thick|negthin|negmed|negthick)space"
+_SPACING = re.compile(r"(?<!\\)\\(?:[!,;:> ]|q?quad(?![A-Za-z])|(?:en|thin|med|thick|negthin|negmed|negthick)space"
                       r"|displaystyle|textstyle|hspace\*?\{[^{}]*\}|(?:left|right|[bB]igg?[lr]?)(?![A-Za-z]))"
                       r"|~|\\(?:text|mbox)\{\s*\}")
-_DEGREES = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°|\\textdegree|\\degree")
+_DEGREES = re.compile(r"(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°|\\textdegree|\\degree)"
+                      r"(?:\s*(?:\\(?:text|mathrm)\s*\{\s*[CF]\s*\}|[CF](?![A-Za-z])))?")
 _WRAPPER = r"\\(?:text|textrm|textnormal|textup|textit|textsf|mbox|mathrm|operatorname)\s*\{([^{}]*)\}"
 _TRAILING_UNIT = re.compile(_WRAPPER + r"\s*(?:\^\s*(?:\{\s*[23]\s*\}|[23]))?\s*$")
 _UNIT_TEXT = re.compile(r"[A-Za-z][A-Za-z .\-/]*")
@@ -58,6 +62,7 @@ _NUMBER = re.compile(r"([-+]?)(" + _LITERAL + r"|[0-9]{1,3}(?:,[0-9]{3})+(?:\.[0
 _REPEATING = re.compile(r"([-+]?)([0-9]*)\.([0-9]*)\\overline\{([0-9]+)\}")
 _FRAC = re.compile(r"([-+]?)\\frac\{([^{}]+)\}\{([^{}]+)\}")
 _SLASH = re.compile(r"([-+]?)([^/]+)/([^/]+)")
+_MIXED = re.compile(r"([-+]?)([0-9]{1,12})\\frac\{([0-9]{1,12})\}\{([0-9]{1,12})\}")
 _EXPONENT = r"\^(?:\{([-+]?[0-9]{1,3})\}|([0-9]))"  # ^7 or ^{-12}
 _POWER = re.compile(r"([-+]?)([0-9]{1,12}(?:\.[0-9]{0,12})?)" + _EXPONENT)  # 2^{10}
 _SCIENTIFIC = re.compile(r"([-+]?)(" + _LITERAL + r")(?:\\times|\\cdot)10" + _EXPONENT)  # 1.5\times10^{3}
@@ -65,8 +70,9 @@ _UNIT_WORDS = frozenset(
     "unit units cm centimeter centimeters m meter meters km kilometer kilometers mm inch inches in ft foot feet "
     "yd yard yards mile miles mph sq square cubic degree degrees deg radians second seconds sec minute minutes "
     "min hour hours hr day days week weeks year years cent cents dollar dollars pound pounds lb lbs kg g gram "
-    "grams ounce ounces oz liter liters ml people ways".split())
-_VARIABLE = re.compile(r"[A-Za-z]")
+    "grams ounce ounces oz liter liters ml people ways percent".split())
+_ASSIGNMENT = re.compile(r"\s*[A-Za-z]\s*(?:=|\\in(?![A-Za-z]))")  # x = 5, x \in [0, 1]
+_RELATION = re.compile(r"=|\\in(?![A-Za-z])")
 LIST_COMMA = "," + _MARK
 _LIST_COMMA = re.compile(r"(?<!\\),(?=\s)")
 _SIGNED = r"[-+]?[0-9.,]+"
@@ -143,8 +149,8 @@ def canonical(answer: str, lenient: bool = False, drop_variable: bool = False) -
             s = s.split(approx, 1)[0]
     s = _strip_trailing(s)
     s = _unwrap(s)
-    if drop_variable and s.count("=") == 1 and _VARIABLE.fullmatch(s.split("=")[0].strip()):
-        s = s.split("=")[1]
+    if drop_variable and (m := _ASSIGNMENT.match(s)) is not None and "=" not in s[m.end():]:
+        s = s[m.end():]
     without_units = _drop_unit_words(s)
     if lenient or _PLAIN_NUMBER.fullmatch("".join(without_units.split()).replace("{,}", ",")):  # "5 cm", \text{12 square feet}
         s = without_units
@@ -153,7 +159,13 @@ def canonical(answer: str, lenient: bool = False, drop_variable: bool = False) -
     s = _FRAC_SHORT.sub(r"\\frac{\1}{\2}", s)
     s = _FRAC_HALF.sub(r"\\frac{\1}{", s)
     s = _SQRT_SHORT.sub(r"\\sqrt{\1}", s)
-    return _ONE_CHAR_POWER.sub(r"\1\2", s)
+    s = _ONE_CHAR_POWER.sub(r"\1\2", s)
+    for _ in range(3):  # parentheses around one item group, nothing more: (C) is C, (5) is 5
+        group = _group(s) if s[:1] == "(" and s[-1:] == ")" else None
+        if group is None or len(_split(group[2]) or ()) != 1:
+            break
+        s = group[2]
+    return s
 
 
 def _literal(s: str) -> Fraction | None:
@@ -182,6 +194,10 @@ def exact_value(s: str) -> Fraction | None:
             if num is None or den is None or den == 0:
                 return None
             return -num / den if m[1] == "-" else num / den
+    m = _MIXED.fullmatch(s)
+    if m is not None and int(m[3]) < int(m[4]):  # a mixed number: 2\frac{1}{4} is 9/4
+        value = int(m[2]) + Fraction(int(m[3]), int(m[4]))
+        return -value if m[1] == "-" else value
     for pattern in (_POWER, _SCIENTIFIC):
         m = pattern.fullmatch(s)
         if m is not None:
@@ -257,7 +273,7 @@ def answers_equal(pred: str | None, gold: str | None, lenient: bool = False) -> 
     """Whether a predicted MATH answer equals the gold one (module docstring); never raises."""
     if not isinstance(pred, str) or not isinstance(gold, str):
         return False
-    drop = ("=" in pred) != ("=" in gold)
+    drop = bool(_RELATION.search(pred)) != bool(_RELATION.search(gold))
     return _canonical_equal(canonical(pred, lenient, drop), canonical(gold, lenient, drop))
 
 
