@@ -264,7 +264,8 @@ def test_integer_weights_are_refused_with_the_tensor_name(tiny_model_dirs, tmp_p
     assert params["layers_0"]["mlp"]["up_proj"]["kernel"].dtype == jnp.float32
 
 
-ODD_JSON = [None, "x", -1, 0, 1.5, [], {}, True, 1e30, [1], {"a": 1}, 10 ** 30]
+ODD_JSON = [None, "x", -1, 0, 1.5, [], {}, True, 1e30, [1], {"a": 1}, 10 ** 30, 10 ** 400, float("nan"), ["a"],
+            [[0]]]
 
 
 def test_any_odd_config_field_is_a_model_config_error(tiny_model_dirs):
@@ -273,7 +274,16 @@ def test_any_odd_config_field_is_a_model_config_error(tiny_model_dirs):
     src = tiny_model_dirs["qwen2"]
     cfg, gen = (json.loads((src / name).read_text()) for name in ("config.json", "generation_config.json"))
     keys = sorted(set(cfg) | set(gen) | {"head_dim", "rope_scaling", "rope_theta", "attention_bias", "mlp_bias",
-                                         "pretraining_tp", "num_key_value_heads", "use_sliding_window"})
+                                         "pretraining_tp", "num_key_value_heads", "use_sliding_window",
+                                         "rope_parameters", "layer_types", "architectures", "hidden_act"})
+    rope = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64, "rope_theta": 5e5}
+    for key in [*rope, "type", "partial_rotary_factor"]:  # inside rope_parameters too
+        for value in ODD_JSON:
+            try:
+                models.config_from_hf({**cfg, "rope_parameters": {**rope, key: value}}, gen)
+            except models.ModelConfigError as e:
+                assert "\n" not in str(e)
     for key in keys:
         for value in ODD_JSON:
             for changed in ({**cfg, key: value}, gen), (cfg, {**gen, key: value}):

@@ -195,8 +195,7 @@ def _rope_from(cfg: dict[str, Any], where: str) -> tuple[float, dict[str, Any]]:
             raise ModelConfigError(f"{where}: field 'rope_scaling' must be an object, got {legacy!r}")
         params = {**legacy, **params}
     theta = params.pop("rope_theta", cfg.get("rope_theta", 10000.0))
-    if not isinstance(theta, (int, float)) or isinstance(theta, bool) or theta <= 0:
-        raise ModelConfigError(f"{where}: field 'rope_theta' must be a positive number, got {theta!r}")
+    theta = _positive(theta, "rope_theta", float, where)
     kind = params.pop("rope_type", params.pop("type", "default")) or "default"
     if kind not in SUPPORTED_ROPE_TYPES:
         raise ModelConfigError(

@@ -80,7 +80,7 @@ def safetensors_files(model_dir: Path) -> list[Path]:
 def checkpoint_dtype(model_dir: str | Path) -> np.dtype:
     """The dtype of the checkpoint's first floating-point tensor (float32 if it has none)."""
     header, _ = read_header(safetensors_files(Path(model_dir))[0])
-    floats = (DTYPES.get(v.get("dtype")) for v in header.values() if isinstance(v, dict))
+    floats = (DTYPES.get(v["dtype"]) for v in header.values() if isinstance(v, dict) and isinstance(v.get("dtype"), str))
     return next((d for d in floats if d is not None and jnp.issubdtype(d, jnp.floating)), np.dtype(np.float32))
 
 
