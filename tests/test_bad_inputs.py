@@ -423,7 +423,7 @@ COMMAND_CASES = [
                                            f"dev={c.file('b.jsonl', '{}')}"], "dev"),
     ("esjax:unknown-command", lambda c: ["frobnicate"], "frobnicate"),
     # nesting deep enough to overflow a recursive parser, seeds past the RNG's range
-    ("train:config-deep", lambda c: ["train", c.file("d.yaml", "a: " + DEEP_LIST + "\n"), "--out", str(c.out)],
+    ("train:settings-yaml-deep", lambda c: ["train", c.file("d.yaml", "a: " + DEEP_LIST + "\n"), "--out", str(c.out)],
      "d.yaml: nested deeper"),
     ("train:config-self-alias", lambda c: ["train", c.file("a.yaml", "a: &x [*x]\n"), "--out", str(c.out)],
      "a.yaml: nested deeper"),
