@@ -107,3 +107,60 @@ def test_a_start_failing_after_the_directory_was_made_keeps_an_existing_out(qwen
     err = capsys.readouterr().err
     assert "ZeroDivisionError" in err and err.count("\n") == 1
     assert out.is_dir() and os.listdir(out) == []
+
+
+def _recorded_run(tmp_path: Path) -> Path:
+    """A run directory whose checkpoint 2 records the settings in config.yaml (no training: a tiny state)."""
+    import json
+
+    import jax.numpy as jnp
+
+    from esjax.run.checkpoints import RunCheckpoints
+    from esjax.run.settings import to_dict
+    run = tmp_path / "run"
+    settings = load_settings(None, ["train.devices=1", "es.sigma=0.02", "train.iterations=4", "method=es"])
+    save_settings(settings, run / "config.yaml")
+    checkpoints = RunCheckpoints(run / "checkpoints")
+    checkpoints.save(2, {"w": jnp.zeros(2)}, {"iteration": 2, "metrics": [], "matrices": {},
+                                             "settings": json.loads(json.dumps(to_dict(settings)))})
+    checkpoints.close()
+    return run
+
+
+def _cut_at_es(run: Path) -> None:
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(text[: text.index("\nes:") + 1])
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda run: (run / "config.yaml").write_text(""), "config.yaml: empty, but checkpoints/2 records"),
+    (lambda run: (run / "config.yaml").write_text("\n  \n"), "config.yaml: empty"),
+    (_cut_at_es, "(truncated or edited by hand?): the es: section is missing, the grpo: section is missing;"),
+    (lambda run: (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("sigma: 0.02",
+                                                                                            "sigma: 0.05")),
+     "differs from the settings checkpoints/2 was trained with (truncated or edited by hand?): es.sigma"),
+], ids=["empty", "blank", "cut-before-es", "edited"])
+def test_resume_refuses_a_config_yaml_that_differs_from_the_checkpoint_record(tmp_path, capsys, damage, needle):
+    from test_bad_inputs import snapshot
+    run = _recorded_run(tmp_path)
+    prepare_run_dir(run, load_settings(run / "config.yaml"), resume=True, create=False)  # intact: accepted
+    damage(run)
+    before = snapshot(tmp_path)
+    assert main(["train", "--out", str(run), "--resume", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err and str(run / "config.yaml") in err, err
+    assert snapshot(tmp_path) == before
+
+
+def test_recorded_changes_since_the_checkpoint_are_part_of_the_record(tmp_path):
+    """A resume with --allow-changes rewrites config.yaml and logs the change from the checkpoint's iteration on;
+    killed before its next checkpoint, the run still resumes: the record plus the logged changes match."""
+    from esjax.run.record import SettingsRecordError
+    from esjax.run.resume import record_changes
+    run = _recorded_run(tmp_path)
+    changed = load_settings(run / "config.yaml", ["es.sigma=0.05"])
+    record_changes(run, changed, {"es.sigma": (0.02, 0.05)}, 2)
+    prepare_run_dir(run, changed, resume=True, create=False)
+    (run / "config.yaml").write_text((run / "config.yaml").read_text().replace("sigma: 0.05", "sigma: 0.07"))
+    with pytest.raises(SettingsRecordError, match=r"es.sigma \(trained with 0.05, file 0.07\)"):
+        prepare_run_dir(run, changed, resume=True, create=False)

@@ -96,6 +96,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     import time
 
     from esjax import distributed
+    from esjax.run.record import check_settings_record
     from esjax.run.resume import resume_settings
     from esjax.run.settings import load_settings
     from esjax.run.loop import train
@@ -108,6 +109,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise UsageError("--allow-changes applies to --resume only")
     changes = {}
     if args.resume:
+        check_settings_record(args.out)  # before config.yaml is read: it must be what the checkpoints record
         settings, changes = resume_settings(args.out, args.config, args.set, args.allow_changes, args.trust_task_file)
     else:
         settings = load_settings(args.config, args.set)
@@ -179,7 +181,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
     if args.resume and not args.out:
         raise UsageError("--resume needs --out DIR (the demo run directory to continue)")
     if args.resume:
+        from esjax.run.record import check_settings_record
         from esjax.run.resume import resume_settings
+        check_settings_record(args.out)
         settings, _ = resume_settings(args.out, None, args.set)  # the demo run's saved settings
     else:
         settings = load_settings(DEMO_CONFIG, args.set)

@@ -92,6 +92,18 @@ class RunCheckpoints:
                              target, restored["state"])
         return state, restored["meta"]
 
+    def recorded_settings(self) -> tuple[int, dict] | None:
+        """``(step, settings)`` of the newest checkpoint whose metadata records the resolved settings it was trained
+        with (``meta["settings"]``, as :func:`esjax.run.settings.to_dict` gives them); None when none does."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            except Exception:  # a damaged step: restore_intact names it; an older step may still record them
+                continue
+            if isinstance(meta, dict) and isinstance(meta.get("settings"), dict):
+                return step, meta["settings"]
+        return None
+
     def restore_intact(self, target_for: Callable[[int], Any], log: Callable[[str], None] = print
                        ) -> tuple[int, Any, dict] | None:
         """``(step, state, meta)`` of the newest checkpoint that restores into ``target_for(step)`` with metadata

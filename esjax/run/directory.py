@@ -18,6 +18,7 @@ import numpy as np
 from esjax import distributed
 from esjax.common.errors import EsjaxError
 from esjax.common.paths import check_tree
+from esjax.run.record import check_settings_record
 from esjax.run.settings import RunSettings, save_settings
 
 # Process 0's verdict on the run directory travels to the others as a fixed-size byte buffer (a broadcast needs the
@@ -42,6 +43,7 @@ def prepare_run_dir(out_dir: Path, settings: RunSettings, resume: bool, create: 
             raise RunDirError(f"{out_dir}: nothing to resume (no config.yaml)")
         check_tree(out_dir, "run directory")  # a resumed run appends to its files: none may lead elsewhere
         _check_unlocked(out_dir)
+        check_settings_record(out_dir)  # config.yaml as the newest checkpoint recorded it
         if create:
             lock_run_dir(out_dir)
         return

@@ -30,7 +30,7 @@ from esjax.models.sharding import param_shardings
 from esjax.run.resume import CONFIG_FILE, completed_iterations, record_changes, settings_changes
 from esjax.run.directory import RunDirError, discard_new_run_dir, prepare_run_dir_once, release_run_dir
 from esjax.run.scoring import score_rows
-from esjax.run.settings import RunSettings, TaskSettings, load_settings, resolve
+from esjax.run.settings import RunSettings, TaskSettings, load_settings, resolve, to_dict
 
 
 def resolve_model_path(path: str) -> Path:
@@ -225,7 +225,8 @@ class Run:
                 if done == stage.end:
                     self._finish_stage(stage, method.params(state), matrices, evals)
                 if done == total or (s.train.checkpoint_every and done % s.train.checkpoint_every == 0) or done == stage.end:
-                    checkpoints.save(done, state, {"iteration": done, "metrics": logger.records, "matrices": matrices})
+                    checkpoints.save(done, state, {"iteration": done, "metrics": logger.records, "matrices": matrices,
+                                                   "settings": json.loads(json.dumps(to_dict(s)))})
                 self._advance(bar, metrics)
         finally:
             if bar is not None:

@@ -19,6 +19,7 @@ import jax
 import yaml
 
 from esjax import distributed
+from esjax.common.files import write_text_atomic
 from esjax.es.config import ESConfig
 from esjax.grpo.config import GRPOConfig
 from esjax.run.settings_yaml import FieldError, SettingsError, apply_overrides, parse_yaml
@@ -298,4 +299,4 @@ def _idle_devices(settings: RunSettings, best: int, groups: int, count: int) -> 
 
 
 def save_settings(settings: RunSettings, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(settings), sort_keys=False))
+    write_text_atomic(Path(path), yaml.safe_dump(to_dict(settings), sort_keys=False))
