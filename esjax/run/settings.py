@@ -22,7 +22,7 @@ from esjax import distributed
 from esjax.common.files import write_text_atomic
 from esjax.es.config import ESConfig
 from esjax.grpo.config import GRPOConfig
-from esjax.run.settings_yaml import FieldError, SettingsError, apply_overrides, parse_yaml
+from esjax.run.settings_yaml import FieldError, SettingsError, apply_overrides, check_integers, parse_yaml
 
 
 def _at_least(settings: Any, **minimums: float) -> None:
@@ -217,6 +217,7 @@ def load_settings(path: str | Path | None, overrides: list[str] | tuple[str, ...
         if not isinstance(data, dict):
             raise SettingsError(f"{path}: the top level must be a mapping")
     data = apply_overrides(data, overrides)
+    check_integers(data, where)
     sections = {k: v for k, v in data.items() if k not in ("es", "grpo")}
     settings = from_dict(RunSettings, sections, where)
     steps = {"es": settings.train.iterations, "grpo": settings.train.iterations}

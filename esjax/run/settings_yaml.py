@@ -83,3 +83,24 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
                 raise SettingsError(f"--set {key}: '{part}' is not a mapping")
         node[parts[-1]] = parse_yaml(raw, f"--set {key}") if raw.strip() else None
     return data
+
+
+MAX_INT = 2 ** 31 - 1  # counts and sizes: JAX indexes with int32; a larger one is a typo, not a run
+MAX_SEED = 2 ** 63 - 1  # seeds: the range jax.random.key takes
+
+
+def check_integers(data: Any, where: str, key: str = "") -> None:
+    """SettingsError naming the key of any integer in ``data`` (nested dicts and lists) beyond ``MAX_INT``
+    (``MAX_SEED`` for keys ending in ``seed``), or below its negative; before the settings are built, so
+    ``es.population_size=1000000000000`` or ``train.iterations=10**30`` never starts a run."""
+    stack = [(key, data)]
+    while stack:
+        name, value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((f"{name}.{k}" if name else str(k), v) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((f"{name}[{i}]", v) for i, v in enumerate(value))
+        elif isinstance(value, int) and not isinstance(value, bool):
+            bound = MAX_SEED if name.endswith("seed") else MAX_INT
+            if abs(value) > bound:
+                raise SettingsError(f"{where}: '{name}' = {value} is beyond {bound} (2**{bound.bit_length()} - 1)")
