@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 
 from esjax import distributed
 from esjax.common.errors import EsjaxError
+from esjax.common.paths import MetadataError, read_json
 
 DAMAGED_DIR = "damaged_checkpoints"  # beside checkpoints/, where damaged steps are moved
 
@@ -92,18 +93,6 @@ class RunCheckpoints:
                              target, restored["state"])
         return state, restored["meta"]
 
-    def recorded_settings(self) -> tuple[int, dict] | None:
-        """``(step, settings)`` of the newest checkpoint whose metadata records the resolved settings it was trained
-        with (``meta["settings"]``, as :func:`esjax.run.settings.to_dict` gives them); None when none does."""
-        for step in sorted(self.manager.all_steps(), reverse=True):
-            try:
-                meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-            except Exception:  # a damaged step: restore_intact names it; an older step may still record them
-                continue
-            if isinstance(meta, dict) and isinstance(meta.get("settings"), dict):
-                return step, meta["settings"]
-        return None
-
     def restore_intact(self, target_for: Callable[[int], Any], log: Callable[[str], None] = print
                        ) -> tuple[int, Any, dict] | None:
         """``(step, state, meta)`` of the newest checkpoint that restores into ``target_for(step)`` with metadata
@@ -163,3 +152,23 @@ def _check_meta(meta: Any, step: int) -> None:
           and all(isinstance(r, dict) for r in meta["metrics"]) and isinstance(meta.get("matrices"), dict))
     if not ok:
         raise ValueError("its metadata is not the iteration, metrics and matrices of this step")
+
+
+META_FILE = ("meta", "metadata")  # where orbax's JsonCheckpointHandler keeps a step's metadata
+
+
+def recorded_settings(directory: str | Path) -> tuple[int, dict] | None:
+    """``(step, settings)`` of the newest checkpoint in ``directory`` whose metadata records the resolved settings
+    it was trained with (``meta["settings"]``); None when none does. Reads the JSON files only (no orbax manager,
+    so one process may call it alone)."""
+    directory = Path(directory)
+    steps = sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()), reverse=True) \
+        if directory.is_dir() else []
+    for step in steps:
+        try:
+            meta = read_json(directory / str(step) / META_FILE[0] / META_FILE[1])
+        except (OSError, MetadataError):  # a damaged step: restore_intact names it; an older one may record them
+            continue
+        if isinstance(meta, dict) and isinstance(meta.get("settings"), dict):
+            return step, meta["settings"]
+    return None

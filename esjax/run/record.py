@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from esjax.common.errors import EsjaxError
-from esjax.run.checkpoints import RunCheckpoints
+from esjax.run.checkpoints import recorded_settings
 from esjax.run.resume import CONFIG_FILE, flatten, read_history
 from esjax.run.settings_yaml import parse_yaml
 
@@ -25,13 +25,7 @@ class SettingsRecordError(EsjaxError, ValueError):
 def expected_settings(run_dir: Path) -> tuple[int, dict[str, Any]] | None:
     """``(step, {"a.b": value})``: the newest checkpoint's recorded settings with the logged changes since; None
     when no checkpoint records settings."""
-    if not (run_dir / "checkpoints").is_dir():
-        return None
-    checkpoints = RunCheckpoints(run_dir / "checkpoints")
-    try:
-        found = checkpoints.recorded_settings()
-    finally:
-        checkpoints.close()
+    found = recorded_settings(run_dir / "checkpoints")
     if found is None:
         return None
     step, recorded = found
