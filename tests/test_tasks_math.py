@@ -65,11 +65,14 @@ def test_graders(gold, answer, esjax, reference):
     assert tasks.get("math", grader="reference").reward(f"\\boxed{{{answer}}}", row)[0] == reference
 
 
-def test_options():
+def test_options(monkeypatch):
     for bad in ({"grader": "sympy"}, {"grader": "reference", "lenient": True}, {"grader_timeout": 0},
                 {"grader_timeout": "5"}):
         with pytest.raises(tasks.TaskDataError, match="task 'math'"):
             tasks.get("math", **bad)
+    monkeypatch.setattr(verifier, "installed", lambda: False)
+    with pytest.raises(tasks.TaskDataError, match=r"pip install 'esjax\[math\]'"):
+        tasks.get("math", grader="math_verify")
     lenient = tasks.get("math", lenient=True)
     row = {"problem": "p", "answer": "5"}
     assert [lenient.reward(c, row)[0] for c in ("\\fbox{5}", "\\boxed 5", "\\boxed{x = 5}")] == [1.0] * 3
@@ -186,16 +189,21 @@ MATH_VERIFY = [  # (gold, boxed answer, Math-Verify 0.9's verdict)
     ("\\frac{1}{4}\\text{ inch}", "0.25", 1), ("\\frac{35}{17}", "\\frac{35}{17}\\!", 1), ("5", "5\\text{ cm}", 1),
     ("\\frac{1}{2}", "\\frac{1}{2}.", 1), ("5", "x = 5", 1), ("\\frac{\\pi}{2}", "\\frac{1}{2}\\pi", 1),
     ("\\frac{28}{17}", "\\frac{28}{17}x", 0), ("12", "1,2", 0), ("0.5", "1/2/3", 0), ("\\frac{1}{3}", "0.333", 0),
-    ("\\frac{1}{3}", "0.3333333", 1),  # Math-Verify rounds floats to 6 places: a known false positive
     ("1000000", "10,00,000", 0), ("(1,2)", "(2,1)", 0), ("3", "2^{2^{2^{2^{2^{2}}}}}", 0),
-    ("5", "5.", 0), ("5", "5~", 0),  # Math-Verify 0.9's false negatives on trailing punctuation / spacing
+]
+MATH_VERIFY_0_9 = [  # its known errors in 0.9 (docs/results.md), pinned for that version only
+    ("\\frac{1}{3}", "0.3333333", 1),  # floats rounded to 6 places: a false positive
+    ("5", "5.", 0), ("5", "5~", 0),  # trailing punctuation / spacing after a number: false negatives
 ]
 
 
 @needs_math_verify
 def test_math_verify_grader():
+    from importlib.metadata import version
+
     task = tasks.get("math", grader="math_verify", grader_timeout=2)
-    for gold, answer, expected in MATH_VERIFY:
+    pinned = MATH_VERIFY + (MATH_VERIFY_0_9 if version("math-verify").startswith("0.9.") else [])
+    for gold, answer, expected in pinned:
         assert task.reward(f"\\boxed{{{answer}}}", {"problem": "p", "answer": gold})[0] == expected, (gold, answer)
 
 
