@@ -71,6 +71,12 @@ _UNIT_WORDS = frozenset(
     "yd yard yards mile miles mph sq square cubic degree degrees deg radians second seconds sec minute minutes "
     "min hour hours hr day days week weeks year years cent cents dollar dollars pound pounds lb lbs kg g gram "
     "grams ounce ounces oz liter liters ml people ways percent".split())
+_SYNONYMS = (("\u2212", "-"), ("π", "\\pi "), ("√", "\\sqrt"), ("∞", "\\infty "), ("×", "\\times "),
+             ("·", "\\cdot "), ("≤", "\\le "), ("≥", "\\ge "), ("≠", "\\ne "), ("\\dfrac", "\\frac"),
+             ("\\tfrac", "\\frac"), ("\\cfrac", "\\frac"), ("\\nicefrac", "\\frac"), ("\\sfrac", "\\frac"))
+_RELATIONS = re.compile(r"(\\le|\\ge|\\ne)q(?![A-Za-z])")  # \leq -> \le
+_OR = re.compile(r"\s*(?:\\(?:text|mbox|textrm)\s*\{\s*(?:or|and)\s*\}|\s(?:or|and)\s)\s*")  # 2 or 3: a list
+_WORDS = re.compile(r"\\(?:text|mbox|textrm|textbf|mathrm)\s*\{")
 _ASSIGNMENT = re.compile(r"\s*[A-Za-z]\s*(?:=|\\in(?![A-Za-z]))")  # x = 5, x \in [0, 1]
 _RELATION = re.compile(r"=|\\in(?![A-Za-z])")
 LIST_COMMA = "," + _MARK
@@ -138,10 +144,12 @@ def canonical(answer: str, lenient: bool = False, drop_variable: bool = False) -
 
     A comma followed by white space (``1, 100``) separates items, never thousands: it keeps a mark
     (``LIST_COMMA``) that only :func:`exact_value` sees."""
-    s = _LIST_COMMA.sub(LIST_COMMA, answer[:MAX_ANSWER].replace("\u2212", "-").replace("\n", " "))
-    for old in ("\\dfrac", "\\tfrac", "\\cfrac", "\\nicefrac", "\\sfrac"):
-        s = s.replace(old, "\\frac")
+    s = _LIST_COMMA.sub(LIST_COMMA, answer[:MAX_ANSWER].replace("\n", " "))
+    for old, new in _SYNONYMS:
+        s = s.replace(old, new)
+    s = _RELATIONS.sub(r"\1", s)
     s = _SPACING.sub(" ", s)
+    s = _OR.sub(LIST_COMMA + " ", s)
     s = _DEGREES.sub(" ", s)
     s = s.replace("\\$", " ").replace("$", " ").replace("\\%", " ").replace("%", " ")
     for approx in ("\\approx", "≈"):
@@ -149,8 +157,13 @@ def canonical(answer: str, lenient: bool = False, drop_variable: bool = False) -
             s = s.split(approx, 1)[0]
     s = _strip_trailing(s)
     s = _unwrap(s)
-    if drop_variable and (m := _ASSIGNMENT.match(s)) is not None and "=" not in s[m.end():]:
-        s = s[m.end():]
+    if drop_variable:  # x = 5 -> 5; x = 2, x = 3 -> 2, 3
+        items = _split(s) or [s]
+        matches = [_ASSIGNMENT.match(item) for item in items]
+        if all(m is not None and not _RELATION.search(item[m.end():]) for m, item in zip(matches, items)):
+            s = LIST_COMMA.join(item[m.end():] for m, item in zip(matches, items))
+        elif (m := _ASSIGNMENT.match(s)) is not None and not _RELATION.search(s[m.end():]):
+            s = s[m.end():]
     without_units = _drop_unit_words(s)
     if lenient or _PLAIN_NUMBER.fullmatch("".join(without_units.split()).replace("{,}", ",")):  # "5 cm", \text{12 square feet}
         s = without_units
@@ -274,7 +287,10 @@ def answers_equal(pred: str | None, gold: str | None, lenient: bool = False) -> 
     if not isinstance(pred, str) or not isinstance(gold, str):
         return False
     drop = bool(_RELATION.search(pred)) != bool(_RELATION.search(gold))
-    return _canonical_equal(canonical(pred, lenient, drop), canonical(gold, lenient, drop))
+    a, b = canonical(pred, lenient, drop), canonical(gold, lenient, drop)
+    if len(a) > 1 and a.isalpha() and b.isalpha() and _WORDS.search(pred + gold):  # \text{Even} is even
+        return a.casefold() == b.casefold()
+    return _canonical_equal(a, b)
 
 
 def math_equal(prediction: str | None, reference: str | None) -> bool:

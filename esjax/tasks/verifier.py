@@ -71,8 +71,10 @@ def _worker() -> subprocess.Popen | None:
     if proc is not None and proc.poll() is None:
         return proc
     _stop()
+    # its own session: a Ctrl-C in the terminal reaches the training process, not the worker; the worker ends
+    # when its stdin closes (this process exited) or it is killed
     proc = subprocess.Popen([sys.executable, "-u", os.path.abspath(__file__)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
     _WORKER.update(proc=proc, pid=os.getpid(), buffer=b"")
     if _read_line(proc, time.monotonic() + STARTUP_SECONDS) != b"ready":
         log.warning("Math-Verify's worker did not start; answers count as wrong (is 'esjax[math]' installed?)")
