@@ -10,7 +10,8 @@ answer is ``answer``, else the last ``\\boxed{}`` of ``solution``. Reward: the l
 - ``"reference"``: the reference's comparison, false positives included (:mod:`esjax.tasks.math_answers`), to
   reproduce the paper's numbers;
 - ``"math_verify"``: Hugging Face's Math-Verify (``pip install 'esjax[math]'``), symbolic, in a worker process
-  with ``grader_timeout`` seconds per answer (:mod:`esjax.tasks.verifier`).
+  with ``grader_timeout`` seconds per answer (:mod:`esjax.tasks.verifier`); a boxed answer of over ``MAX_ANSWER``
+  (4,096) characters scores 0 without it.
 
 Truncated completions are scored like any other. ``lenient=True``: ``\\fbox``, unbraced ``\\boxed 5``, and (with
 the esjax grader) unit words without ``\\text`` after any answer (``2x cm``).
@@ -22,7 +23,7 @@ from typing import Any
 
 from esjax.tasks import verifier
 from esjax.tasks.base import Example, TaskDataError, register
-from esjax.tasks.boxed import last_boxed
+from esjax.tasks.boxed import MAX_ANSWER, last_boxed
 from esjax.tasks.esvsgrpo import ReferenceChatTask
 from esjax.tasks.io import require_str
 from esjax.tasks.math_answers import braced_boxed, reference_equal
@@ -75,8 +76,8 @@ class MathTask(ReferenceChatTask):
         """Whether the boxed answer ``predicted`` equals ``gold`` by this task's grader."""
         if self.grader == "reference":
             return reference_equal(predicted, gold)
-        if self.grader == "math_verify":
-            return verifier.verify_answer(predicted, gold, self.grader_timeout)
+        if self.grader == "math_verify":  # an answer longer than any real one never reaches sympy
+            return len(predicted) <= MAX_ANSWER and verifier.verify_answer(predicted, gold, self.grader_timeout)
         return answers_equal(predicted, gold, lenient=self.lenient)
 
     def score_text(self, completion: str, example: Example) -> tuple[float, dict[str, float]]:
