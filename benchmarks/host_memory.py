@@ -9,7 +9,8 @@ everything, starts the CPU backend, reads its resident set size (baseline), rese
 (``/proc/self/clear_refs``), runs, and reports ``VmHWM - baseline``: the host memory the stage itself needed.
 
 Stages: ``convert`` (``esjax convert`` HF -> esjax checkpoint), ``load_hf`` (``models.load_hf``, params kept),
-``load_checkpoint`` (the converted checkpoint restored), ``es_full`` / ``es_lowrank`` (the checkpoint restored, one
+``load_checkpoint`` (the converted checkpoint restored, leaf by leaf into its sharding), ``export`` (``esjax export``
+of that checkpoint to HF safetensors), ``es_full`` / ``es_lowrank`` (the checkpoint restored, one
 ES iteration: a few members, prompts and new tokens), ``grpo`` (the checkpoint restored, one GRPO step).
 Writes ``benchmarks/host_memory-<shape>-cpu.json``.
 """
@@ -27,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-STAGES = ("convert", "load_hf", "load_checkpoint", "es_full", "es_lowrank", "grpo")
+STAGES = ("convert", "load_hf", "load_checkpoint", "export", "es_full", "es_lowrank", "grpo")
 MiB = 1 << 20
 
 
@@ -58,6 +59,10 @@ def _run_stage(stage: str, hf_dir: str, ckpt: str, job: dict) -> dict:
     if stage == "load_hf":
         _, params = models.load_hf(hf_dir, dtype=None)
         return {"leaves": len(jax.block_until_ready(jax.tree.leaves(params)))}
+    if stage == "export":
+        out = Path(ckpt).parent / "exported"
+        code = esjax_main(["export", ckpt, "--to-hf", str(out), "--overwrite"])
+        return {"exit_code": code}
     loaded = models.load_model(ckpt)
     if stage == "load_checkpoint":
         return {"leaves": len(jax.block_until_ready(jax.tree.leaves(loaded.params)))}

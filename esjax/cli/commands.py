@@ -275,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from esjax.cli.analyze import add_parser as add_analyze_parser
     add_analyze_parser(sub)
+    from esjax.cli.plan import add_parser as add_plan_parser
+    add_plan_parser(sub)
     from esjax.tasks.prepare import add_parser as add_data_parser
     add_data_parser(sub)
 

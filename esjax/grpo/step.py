@@ -122,18 +122,26 @@ def make_runner(config: GRPOConfig, model_config: ModelConfig, sampling: Samplin
     rollout_fn = jax.jit(functools.partial(rollout, model_config, sampling),
                          in_shardings=(params_sharding, data, data, repl),
                          out_shardings=GenerateOutput(data, data, data, data), compiler_options=compiler_options)
-    train = functools.partial(train_on_rollout, config, model_config, sampling)
     compiled: dict[Any, Callable] = {}
 
     def train_fn(state, *batch):  # jitted once per state structure, with the state's own shardings
         key = jax.tree.structure(state)
         if key not in compiled:
-            shardings = tree_shardings(mesh, state, model_config)
-            compiled[key] = jax.jit(train, donate_argnums=0, in_shardings=(shardings, data, data, data, data),
-                                    out_shardings=(shardings, repl), compiler_options=compiler_options)
+            compiled[key] = train_program(config, model_config, sampling, mesh, state, compiler_options)
         return compiled[key](state, *batch)
 
     return GRPORunner(config, model_config, sampling, mesh, rollout_fn, train_fn)
+
+
+def train_program(config: GRPOConfig, model_config: ModelConfig, sampling: SamplingConfig, mesh: Mesh, state: PyTree,
+                  compiler_options: Mapping[str, Any] | None = None) -> Callable:
+    """:func:`train_on_rollout` jitted for a state shaped like ``state`` (arrays or ``ShapeDtypeStruct``) on
+    ``mesh``: the state keeps its shardings (donated), the rollout rows are split over ``"data"``."""
+    repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
+    shardings = tree_shardings(mesh, state, model_config)
+    return jax.jit(functools.partial(train_on_rollout, config, model_config, sampling), donate_argnums=0,
+                   in_shardings=(shardings, data, data, data, data), out_shardings=(shardings, repl),
+                   compiler_options=compiler_options)
 
 
 def reward_metrics(rewards: np.ndarray, group_size: int) -> dict[str, float]:

@@ -102,16 +102,22 @@ class Run:
             self._check_saved_settings()
         self.resume = resume
         self.mesh = settings.mesh.build()
-        # params are born on the mesh: replicated over population/data, split over "model" by the partition rules
-        model = load_model(resolve_model_path(settings.model.path), dtype=settings.model.dtype,
-                           sharding=lambda config: param_shardings(self.mesh, config))
-        if model.tokenizer_dir is None:
-            raise RunDirError(f"{settings.model.path}: the model has no tokenizer files")
+        # the config, tokenizer and tasks first: a run that would not fit is refused before any weight is read
         from esjax.generation.tokenizer import load_tokenizer
-        self.model, self.tokenizer = model, load_tokenizer(model.tokenizer_dir)
-        self.eval_sampling = sampling_for(model.config, self.tokenizer, temperature=0.0, max_new_tokens=(
+        from esjax.run.compile import model_files
+        path = resolve_model_path(settings.model.path)
+        self.model_config, tokenizer_dir = model_files(path)
+        if tokenizer_dir is None:
+            raise RunDirError(f"{settings.model.path}: the model has no tokenizer files")
+        self.tokenizer = load_tokenizer(tokenizer_dir)
+        self.eval_sampling = sampling_for(self.model_config, self.tokenizer, temperature=0.0, max_new_tokens=(
             settings.sampling.eval_max_new_tokens or settings.sampling.max_new_tokens))
         self.stages = self._build_stages()
+        from esjax.run.planner import check_fits  # compiled for abstract params where devices report memory
+        self.memory_plan = check_fits(settings, self._batch_shape(self.stages[0])[1])
+        # params are born on the mesh: replicated over population/data, split over "model" by the partition rules
+        self.model = load_model(path, dtype=settings.model.dtype,
+                                sharding=lambda config: param_shardings(self.mesh, config))
         prepare_run_dir_once(self.out_dir, settings, resume)
         self._report_plan()
 
@@ -140,9 +146,9 @@ class Run:
                      for name in st.eval_splits}
             length = st.iterations if st.iterations is not None else self.settings.train.iterations
             stage = Stage(i, st, task, PromptSet(task, self.tokenizer, train, pad), evals, begin, begin + length)
-            check_context(self.model.config, stage.train.longest, self.settings.sampling.max_new_tokens)
+            check_context(self.model_config, stage.train.longest, self.settings.sampling.max_new_tokens)
             for prompts in evals.values():
-                check_context(self.model.config, prompts.longest, self.eval_sampling.max_new_tokens)
+                check_context(self.model_config, prompts.longest, self.eval_sampling.max_new_tokens)
             stages.append(stage)
             begin += length
         return stages
@@ -255,6 +261,12 @@ class Run:
             if s.method == "es" else None
         dtype = jax.tree.leaves(self.model.params)[0].dtype
         plan = plan_report(s.method, s.method_config, self.model.config, dtype, self.mesh, *shape, new_tokens, at_once)
+        if self.memory_plan:  # the compiler's figure, as esjax plan prints it
+            from esjax.run.planner import verdict
+            plan["compiled_memory_per_device_bytes"] = {p["program"]: p["total"] for p in self.memory_plan["programs"]}
+            peak = self.memory_plan["peak_bytes"]
+            self.log(f"memory per device (compiled): {verdict(peak, self.memory_plan['target']['memory_bytes'])} "
+                     f"({self.memory_plan['peak_program']})")
         self.log(format_plan(plan))
         if distributed.is_main_process():
             (self.out_dir / "run_plan.json").write_text(json.dumps(plan, indent=2) + "\n")

@@ -104,9 +104,10 @@ class MeshPlan:
     devices: int
     model_parallel: int = 1
 
-    def build(self) -> jax.sharding.Mesh:
+    def build(self, devices: Any = None) -> jax.sharding.Mesh:
+        """The mesh over ``devices`` (default: every device; ``esjax plan`` passes a TPU topology's)."""
         model = [(distributed.MODEL_AXIS, self.model_parallel)] if self.model_parallel > 1 else []
-        return distributed.build_mesh([(self.axis, self.devices), *model])
+        return distributed.build_mesh([(self.axis, self.devices), *model], devices)
 
 
 # A field derived from the others when the settings are resolved: neither read from nor written to config.yaml.
@@ -202,8 +203,10 @@ def to_dict(settings: Any) -> Any:
     return settings
 
 
-def load_settings(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunSettings:
-    """Read a YAML run config (None: defaults), apply ``--set`` overrides, validate."""
+def load_settings(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
+                  device_count: int | None = None) -> RunSettings:
+    """Read a YAML run config (None: defaults), apply ``--set`` overrides, validate; the mesh is planned for
+    ``device_count`` devices (default: the visible ones; ``esjax plan`` passes a target's)."""
     where = str(path) if path else "<defaults>"
     data: dict[str, Any] = {}
     if path is not None:
@@ -227,7 +230,7 @@ def load_settings(path: str | Path | None, overrides: list[str] | tuple[str, ...
         if name == "grpo" and isinstance(section, dict) and isinstance(section.get("num_iterations", 1), int):
             steps[name] *= section.get("num_iterations", 1)  # GRPO's schedule counts optimizer steps
         methods[name] = _check(_with_total_steps(section, schedule, steps[name]), _METHOD_CONFIGS[name], name, where)
-    return resolve(dataclasses.replace(settings, **methods), where)
+    return resolve(dataclasses.replace(settings, **methods), where, device_count)
 
 
 _METHOD_CONFIGS = {"es": ESConfig, "grpo": GRPOConfig}
@@ -241,15 +244,17 @@ def _with_total_steps(section: Any, schedule_key: str, steps: int) -> Any:
     return {**section, "total_steps": steps}
 
 
-def resolve(settings: RunSettings, where: str = "<settings>") -> RunSettings:
-    """The checks that span sections, and the mesh plan: ``settings`` with ``mesh`` set (run before training)."""
+def resolve(settings: RunSettings, where: str = "<settings>", device_count: int | None = None) -> RunSettings:
+    """The checks that span sections, and the mesh plan for ``device_count`` devices (default: the visible ones):
+    ``settings`` with ``mesh`` set (run before training)."""
     if settings.task is not None and settings.stages:
         raise SettingsError(f"{where}: give either 'task' or 'stages', not both")
     train = settings.train
-    plan = plan_mesh(settings, where)
-    if plan.devices * plan.model_parallel > jax.device_count():
+    count = jax.device_count() if device_count is None else device_count
+    plan = plan_mesh(settings, where, count)
+    if plan.devices * plan.model_parallel > count:
         raise SettingsError(f"{where}: train.devices={plan.devices} x train.model_parallel={plan.model_parallel} "
-                            f"needs {plan.devices * plan.model_parallel} devices but only {jax.device_count()} "
+                            f"needs {plan.devices * plan.model_parallel} devices but only {count} "
                             f"are visible")
     try:
         if settings.method == "es":
@@ -261,7 +266,7 @@ def resolve(settings: RunSettings, where: str = "<settings>") -> RunSettings:
     return dataclasses.replace(settings, mesh=plan)
 
 
-def plan_mesh(settings: RunSettings, where: str = "<settings>") -> MeshPlan:
+def plan_mesh(settings: RunSettings, where: str = "<settings>", device_count: int | None = None) -> MeshPlan:
     """Devices on the population (ES) / data (GRPO) axis: ``train.devices``, or by default every one of the
     ``device_count / train.model_parallel`` model groups, which must split the population (ES: N, or N/2
     antithetic pairs; GRPO: the rollout batch) evenly: a split that would leave devices idle is refused with
@@ -270,14 +275,15 @@ def plan_mesh(settings: RunSettings, where: str = "<settings>") -> MeshPlan:
     axis = distributed.POPULATION_AXIS if settings.method == "es" else distributed.DATA_AXIS
     if train.devices is not None:
         return MeshPlan(axis, train.devices, train.model_parallel)
-    groups = max(1, jax.device_count() // train.model_parallel)
+    count = jax.device_count() if device_count is None else device_count
+    groups = max(1, count // train.model_parallel)
     if settings.method == "es":
         units = settings.es.population_size // (2 if settings.es.antithetic else 1)
     else:
         units = train.prompts_per_iteration * settings.grpo.num_generations
     best = max(d for d in range(1, groups + 1) if units % d == 0)
-    if best * train.model_parallel < jax.device_count():
-        raise SettingsError(f"{where}: {_idle_devices(settings, best, groups, jax.device_count())}")
+    if best * train.model_parallel < count:
+        raise SettingsError(f"{where}: {_idle_devices(settings, best, groups, count)}")
     return MeshPlan(axis, best, train.model_parallel)
 
 

@@ -1,0 +1,197 @@
+"""``esjax plan``: compile every program of a run for its target devices and read the memory one device needs.
+
+The programs are those ``esjax train`` runs, built by the same builders (``esjax.es.step.make_runner``,
+``esjax.grpo.step.make_runner`` / ``train_program``, ``esjax.generation.sampling.generate_jit``) from the same
+resolved settings, for ``jax.ShapeDtypeStruct`` parameters placed with the run's shardings: only the model's
+``config.json`` is read (or the shipped shape of a known model, ``esjax/assets/model_shapes``), no weights. Each
+program is lowered on the target's mesh and compiled by its compiler (libtpu's for a TPU slice, deviceless), and
+``memory_analysis()`` gives one device's bytes: arguments, outputs, aliased (donated) and temporaries. A program's
+total adds the run's state the program does not take (``resident``: e.g. the fp32 master during the rollout).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from esjax.generation.sampling import SamplingConfig, generate_jit
+from esjax.models.config import ModelConfig, config_from_hf, load_config
+from esjax.models.decoder import param_shapes
+from esjax.models.sharding import param_shardings, tree_shardings
+from esjax.run.memory import kv_bytes_per_token
+from esjax.run.settings import RunSettings
+from esjax.run.topology import PlanError, Target
+
+SHAPES_DIR = Path(__file__).resolve().parents[1] / "assets" / "model_shapes"
+DEFAULT_PROMPT_LEN = 128
+# Share of a device's memory the "auto" members-at-once guess may fill (as esjax.es.population on a device).
+MEMBER_SHARE = 0.8
+
+
+def shipped_shapes() -> dict[str, Path]:
+    """Model name (lower case, as in its Hub ID) -> the shipped ``config.json`` fields of that model."""
+    return {p.stem.lower(): p for p in sorted(SHAPES_DIR.glob("*.json"))}
+
+
+def model_shape(path: str) -> tuple[ModelConfig, str]:
+    """The model's config and stored dtype without reading weights: ``embedded``, an HF directory's
+    ``config.json``, an esjax checkpoint's metadata, or the shipped shape of a known model named by its directory
+    or Hub ID (``~/models/Qwen2.5-7B-Instruct``, ``Qwen/Qwen2.5-7B-Instruct``)."""
+    from esjax.models.store import is_esjax_checkpoint, read_model_config
+    from esjax.run.embedded import EMBEDDED_MODEL_DIR
+    local = EMBEDDED_MODEL_DIR if path == "embedded" else Path(path).expanduser()
+    if is_esjax_checkpoint(local):
+        return read_model_config(local)
+    file = local / "config.json"
+    if not file.is_file():
+        file = shipped_shapes().get(local.name.lower())
+    if file is None:
+        known = ", ".join(p.stem for p in shipped_shapes().values())
+        raise PlanError(f"model.path {path}: no config.json there and no shipped shape of that name; set model.path "
+                        f"to a model directory or one of {known}")
+    hf = json.loads(Path(file).read_text())
+    config = load_config(local) if file == local / "config.json" else config_from_hf(hf, where=str(file))
+    return config, str(jnp.dtype(hf.get("torch_dtype") or hf.get("dtype") or "float32"))
+
+
+def model_files(path: str | Path) -> tuple[ModelConfig, Path | None]:
+    """A model's config and tokenizer directory without reading its weights (as ``esjax.models.load_model`` finds
+    them: an esjax checkpoint's ``tokenizer/``, an HF directory itself)."""
+    from esjax.models.store import is_esjax_checkpoint, load_model
+    path = Path(path)
+    if not is_esjax_checkpoint(path) and not (path / "config.json").is_file():
+        load_model(path)  # raises its own error for what is not a model
+    config, _ = model_shape(str(path))
+    tokenizer = path / "tokenizer" if is_esjax_checkpoint(path) else path
+    return config, tokenizer if tokenizer.is_dir() else None
+
+
+class Program(NamedTuple):
+    """One compiled program of a run: ``lower()`` lowers it for its abstract arguments; ``resident`` is the bytes
+    per device of run state that stays in memory while it runs without being one of its arguments."""
+
+    name: str
+    lower: Callable[[], Any]
+    resident: int
+
+
+def _placed(tree: Any, shardings: Any) -> Any:
+    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), tree, shardings)
+
+
+def device_bytes(tree: Any) -> int:
+    """Bytes one device holds of a tree of sharded ``ShapeDtypeStruct`` (the largest shard of each leaf)."""
+    total = 0
+    for x in jax.tree.leaves(tree):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            continue
+        shape = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
+        total += int(np.prod(shape)) * jnp.dtype(x.dtype).itemsize
+    return total
+
+
+def sampling_of(settings: RunSettings, model: ModelConfig, evaluation: bool = False) -> SamplingConfig:
+    s = settings.sampling
+    pad = next((i for i in (model.pad_token_id, *model.eos_token_ids) if i is not None), 0)
+    if evaluation:
+        return SamplingConfig(s.eval_max_new_tokens or s.max_new_tokens, 0.0, eos_token_ids=model.eos_token_ids,
+                              pad_token_id=pad)
+    return SamplingConfig(s.max_new_tokens, s.temperature, s.top_p, s.top_k, model.eos_token_ids, pad)
+
+
+def members_guess(settings: RunSettings, model: ModelConfig, dtype: Any, target: Target, mesh: Any,
+                  prompt_len: int) -> int:
+    """Members one device decodes at once: on local devices what the run picks (``esjax.es.population``); for a
+    deviceless target the same rule on a device of the target's memory (the largest divisor of the device's
+    members whose copies and KV cache fill at most 80% of it); the compile then checks it."""
+    from esjax.es.population import members_at_once
+    es, batch = settings.es, settings.train.prompts_per_iteration
+    local = es.population_size // settings.mesh.devices
+    if not target.deviceless or es.noise == "lowrank" or es.population_chunk != "auto":
+        return members_at_once(es, model, settings.sampling.max_new_tokens, mesh, param_shapes(model, dtype),
+                               (batch, prompt_len))
+    size = jnp.dtype(dtype).itemsize
+    weights = model.num_params() * size // settings.mesh.model_parallel
+    rows = min(batch, es.prompt_chunk or batch)
+    kv = rows * (prompt_len + settings.sampling.max_new_tokens) * kv_bytes_per_token(
+        model.num_hidden_layers, model.num_key_value_heads, model.head_dim, size)
+    fits = int(MEMBER_SHARE * target.memory_bytes) // max(1, weights + kv)
+    return next((c for c in range(local, 0, -1) if local % c == 0 and c <= fits), 1)
+
+
+def build_programs(settings: RunSettings, model: ModelConfig, dtype: Any, mesh: Any, prompt_len: int,
+                   members: int | None = None) -> list[Program]:
+    """The programs of one iteration and of an evaluation, with abstract arguments on ``mesh``."""
+    repl = NamedSharding(mesh, P())
+    spec = lambda shape, dt, sharding=repl: jax.ShapeDtypeStruct(shape, dt, sharding=sharding)  # noqa: E731
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    key = spec(key.shape, key.dtype)
+    params = _placed(param_shapes(model, dtype), param_shardings(mesh, model, dtype))
+    batch = settings.train.prompts_per_iteration
+    if settings.method == "es":
+        from esjax.es.step import make_runner
+        from esjax.es.update import init_state
+        es = dataclasses.replace(settings.es, population_chunk=members or "auto")
+        runner = make_runner(es, model, sampling_of(settings, model), mesh, params, (batch, prompt_len))
+        state = _placed(jax.eval_shape(lambda p: init_state(es, p, jax.random.key(0)), params),
+                        runner.state_sharding)
+        tokens = spec((batch, prompt_len), jnp.int32)
+        fitness = spec((es.population_size, batch) if es.group_baseline else (es.population_size,), jnp.float32)
+        it = spec((), jnp.int32)
+        resident = device_bytes(state) - device_bytes(state.params)
+        programs = [Program("es rollout", lambda: runner.rollout.fn.lower(state.params, key, it, tokens, tokens, key),
+                            resident),
+                    Program("es update", lambda: runner.update.lower(state, fitness), 0)]
+    else:
+        from esjax.grpo.step import make_runner, train_program
+        from esjax.grpo.update import init_state
+        from esjax.distributed.mesh import DATA_AXIS
+        grpo = settings.grpo.validate(settings.mesh.devices, batch * settings.grpo.num_generations)
+        sampling = sampling_of(settings, model)
+        runner = make_runner(grpo, model, sampling, mesh)
+        state = jax.eval_shape(lambda p: init_state(grpo, p, jax.random.key(0)), params)
+        state = _placed(state, tree_shardings(mesh, state, model))
+        rows, data = batch * grpo.num_generations, NamedSharding(mesh, P(DATA_AXIS))
+        tokens = spec((rows, prompt_len), jnp.int32, data)
+        completions = spec((rows, sampling.max_new_tokens), jnp.int32, data)
+        rewards = spec((rows,), jnp.float32, data)
+        train = train_program(grpo, model, sampling, mesh, state)
+        resident = device_bytes(state) - device_bytes(state.params)
+        programs = [Program("grpo rollout", lambda: runner.rollout_fn.lower(state.params, tokens, tokens, key),
+                            resident),
+                    Program("grpo update", lambda: train.lower(state, tokens, tokens, completions, rewards), 0)]
+    stage = settings.task_stages()[0]
+    rows = min(settings.train.eval_batch_size, stage.eval_limit or settings.train.eval_batch_size)
+    eval_tokens = spec((rows, prompt_len), jnp.int32)
+    evaluation = sampling_of(settings, model, evaluation=True)
+    programs.append(Program("evaluate", lambda: generate_jit.lower(
+        model, state.params, eval_tokens, eval_tokens, key, evaluation), resident))
+    return programs
+
+
+def analyse(program: Program) -> dict[str, Any]:
+    """Compile ``program`` and read one device's memory, the compiler's cost estimate and the compile time."""
+    t0 = time.perf_counter()
+    compiled = program.lower().compile()
+    seconds = time.perf_counter() - t0
+    m = compiled.memory_analysis()
+    out = {k: int(getattr(m, f"{k}_size_in_bytes", 0) or 0) for k in ("argument", "output", "alias", "temp")}
+    out["resident"] = program.resident
+    out["total"] = out["argument"] + out["output"] - out["alias"] + out["temp"] + out["resident"]
+    try:
+        cost = compiled.cost_analysis()
+        cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+    except Exception:  # not every backend estimates costs
+        cost = {}
+    flops, moved = cost.get("flops"), cost.get("bytes accessed")
+    out["flops"] = float(flops) if flops and flops > 0 else None
+    out["bytes_accessed"] = float(moved) if moved and moved > 0 else None
+    return {"program": program.name, **out, "compile_s": round(seconds, 1)}
