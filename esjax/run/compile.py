@@ -57,9 +57,13 @@ def model_shape(path: str) -> tuple[ModelConfig, str]:
         known = ", ".join(p.stem for p in shipped_shapes().values())
         raise PlanError(f"model.path {path}: no config.json there and no shipped shape of that name; set model.path "
                         f"to a model directory or one of {known}")
+    config = load_config(local) if file == local / "config.json" else None  # its own errors name the field
     hf = json.loads(Path(file).read_text())
-    config = load_config(local) if file == local / "config.json" else config_from_hf(hf, where=str(file))
-    return config, str(jnp.dtype(hf.get("torch_dtype") or hf.get("dtype") or "float32"))
+    config = config or config_from_hf(hf, where=str(file))
+    try:
+        return config, str(jnp.dtype(hf.get("torch_dtype") or hf.get("dtype") or "float32"))
+    except TypeError:  # e.g. "auto": the weights' own dtype, unknown without them
+        return config, "float32"
 
 
 def model_files(path: str | Path) -> tuple[ModelConfig, Path | None]:
