@@ -31,3 +31,16 @@ def test_restore_equals_orbax_cast_and_placed_on_a_model_mesh(tiny_model_dirs, t
     assert split > 0  # some leaves are split over the model axis, restored block by block
     loaded = models.load_model(path, dtype="bfloat16")  # load_model casts while restoring
     assert all(x.dtype == jax.numpy.bfloat16 for x in jax.tree.leaves(loaded.params))
+
+
+def test_export_in_row_blocks_writes_the_same_bytes(tiny_model_dirs, tmp_path, monkeypatch):
+    from esjax.models import export
+    source = tiny_model_dirs["llama"]
+    config, params = models.load_hf(source)
+    whole = models.save_hf(config, params, tmp_path / "whole", source_dir=source)
+    monkeypatch.setattr(export, "EXPORT_BLOCK_BYTES", 1000)  # blocks of a few rows, tails clipped
+    blocks = models.save_hf(config, params, tmp_path / "blocks", source_dir=source)
+    files = sorted(p.name for p in whole.iterdir())
+    assert files == sorted(p.name for p in blocks.iterdir()) and any(f.endswith(".safetensors") for f in files)
+    for name in files:
+        assert (whole / name).read_bytes() == (blocks / name).read_bytes(), name

@@ -28,6 +28,7 @@ from esjax.models.safetensors_io import DTYPES, read_header, write_file
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 SINGLE_FILE = "model.safetensors"
+EXPORT_BLOCK_BYTES = 16 << 20  # a tensor is copied to the host and written in row blocks of about this size
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
@@ -99,9 +100,20 @@ def save_hf(config: ModelConfig, params: Params, out_dir: str | Path, source_dir
         leaf_dtype = out_dtype or np.dtype(leaf.dtype)
         shape = tuple(leaf.shape[::-1]) if transpose else tuple(leaf.shape)
 
-        def get(leaf=leaf, transpose=transpose, leaf_dtype=leaf_dtype) -> np.ndarray:
-            host = np.asarray(jax.device_get(leaf))
-            return (host.T if transpose else host).astype(leaf_dtype, copy=False)
+        def get(leaf=leaf, transpose=transpose, leaf_dtype=leaf_dtype):
+            """Row blocks of at most ~16 MiB of the HF tensor, each copied from the device on its own."""
+            if leaf.ndim < 2:
+                return np.asarray(jax.device_get(leaf)).astype(leaf_dtype, copy=False)
+            rows, row_bytes = shape[0], max(1, int(np.prod(shape[1:])) * leaf_dtype.itemsize)
+            step = min(rows, max(1, EXPORT_BLOCK_BYTES // row_bytes))
+            axis = 1 if transpose else 0
+
+            def block(a: int) -> np.ndarray:  # a fixed-size slice (one compiled program per shape), the tail clipped
+                start = min(a, rows - step)
+                part = jax.lax.dynamic_slice_in_dim(leaf, start, step, axis)
+                host = np.asarray(jax.device_get(part.T if transpose else part))[a - start:]
+                return host.astype(leaf_dtype, copy=False)
+            return (block(a) for a in range(0, rows, step))
         return name, shape, leaf_dtype, get
 
     entries = [entry(name, key, t) for name, (key, t) in hf_name_map(config).items()]

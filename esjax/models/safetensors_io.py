@@ -81,7 +81,8 @@ def dtype_name(dtype: Any) -> str:
 
 def write_file(path: Path, tensors: Iterable[tuple[str, tuple[int, ...], np.dtype, Any]],
                metadata: dict[str, str] | None = None) -> None:
-    """Write ``(name, shape, dtype, get_array)`` entries; ``get_array()`` is called once per tensor, in order."""
+    """Write ``(name, shape, dtype, get_array)`` entries; ``get_array()`` is called once per tensor, in order, and
+    returns the tensor or an iterable of its consecutive row blocks (a large tensor never whole on the host)."""
     entries = list(tensors)
     header: dict[str, Any] = {"__metadata__": metadata or {"format": "pt"}}
     offset = 0
@@ -95,7 +96,16 @@ def write_file(path: Path, tensors: Iterable[tuple[str, tuple[int, ...], np.dtyp
         f.write(struct.pack("<Q", len(blob)))
         f.write(blob)
         for name, shape, dtype, get in entries:
-            arr = np.ascontiguousarray(get())
-            if arr.shape != tuple(shape) or arr.dtype != np.dtype(dtype):
-                raise SafetensorsError(f"tensor {name!r}: got {arr.dtype}{arr.shape}, expected {np.dtype(dtype)}{tuple(shape)}")
-            f.write(arr.tobytes())
+            got = get()
+            blocks = [got] if isinstance(got, np.ndarray) else got  # or consecutive row blocks, written in turn
+            rows = 0
+            for arr in blocks:
+                arr = np.ascontiguousarray(arr)
+                if arr.shape[1:] != tuple(shape)[1:] or arr.dtype != np.dtype(dtype) or not arr.ndim:
+                    if arr.shape != tuple(shape) or arr.dtype != np.dtype(dtype):
+                        raise SafetensorsError(f"tensor {name!r}: got {arr.dtype}{arr.shape}, expected "
+                                               f"{np.dtype(dtype)}{tuple(shape)}")
+                rows += arr.shape[0] if arr.ndim else 1
+                f.write(memoryview(arr.reshape(-1).view(np.uint8)))  # no bytes copy of the tensor
+            if rows != (tuple(shape)[0] if shape else 1):
+                raise SafetensorsError(f"tensor {name!r}: got {rows} rows, expected {np.dtype(dtype)}{tuple(shape)}")

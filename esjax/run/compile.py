@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
@@ -52,7 +53,7 @@ def model_shape(path: str) -> tuple[ModelConfig, str]:
         return read_model_config(local)
     file = local / "config.json"
     if not file.is_file():
-        file = shipped_shapes().get(local.name.lower())
+        file = _cached_config(path) or shipped_shapes().get(local.name.lower())
     if file is None:
         known = ", ".join(p.stem for p in shipped_shapes().values())
         raise PlanError(f"model.path {path}: no config.json there and no shipped shape of that name; set model.path "
@@ -76,6 +77,25 @@ def model_files(path: str | Path) -> tuple[ModelConfig, Path | None]:
     config, _ = model_shape(str(path))
     tokenizer = path / "tokenizer" if is_esjax_checkpoint(path) else path
     return config, tokenizer if tokenizer.is_dir() else None
+
+
+def _cached_config(path: str) -> Path | None:
+    """A Hub ID's ``config.json`` when the Hugging Face cache holds it (never the network)."""
+    from esjax.models.hub import parse_hub_id
+    hub = parse_hub_id(path)
+    if hub is None:
+        return None
+    try:
+        import huggingface_hub
+        found = huggingface_hub.try_to_load_from_cache(hub[0], "config.json", revision=hub[1])
+    except Exception:  # a malformed cache: fall back to the shipped shape
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
+# libtpu's refusal: "the total memory required for HLO temporaries (945.72G) exceeds available HBM (95.73G)"
+_OOM = re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT])\)")
+_UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 class Program(NamedTuple):
@@ -184,7 +204,17 @@ def build_programs(settings: RunSettings, model: ModelConfig, dtype: Any, mesh: 
 def analyse(program: Program) -> dict[str, Any]:
     """Compile ``program`` and read one device's memory, the compiler's cost estimate and the compile time."""
     t0 = time.perf_counter()
-    compiled = program.lower().compile()
+    try:
+        compiled = program.lower().compile()
+    except jax.errors.JaxRuntimeError as e:  # libtpu refuses a program that cannot fit (CompileTimeHbmOom)
+        need = _OOM.search(str(e))
+        if need is None:
+            raise
+        temp = int(float(need[1]) * _UNITS[need[2]])
+        return {"program": program.name, "argument": 0, "output": 0, "alias": 0, "temp": temp,
+                "resident": program.resident, "total": temp + program.resident, "flops": None,
+                "bytes_accessed": None, "compile_s": round(time.perf_counter() - t0, 1),
+                "compile_error": " ".join(str(e).split())[:300]}
     seconds = time.perf_counter() - t0
     m = compiled.memory_analysis()
     out = {k: int(getattr(m, f"{k}_size_in_bytes", 0) or 0) for k in ("argument", "output", "alias", "temp")}

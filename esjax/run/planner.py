@@ -51,24 +51,32 @@ def compile_settings(settings: RunSettings, target: Target, prompt_len: int = DE
 
 
 def candidates(settings: RunSettings, report: dict[str, Any], devices: int) -> list[str]:
-    """``--set`` changes that shrink the programs that do not fit, nearest first."""
-    failing = {p["program"] for p in report["programs"] if not p["fits"]}
+    """``--set`` changes that shrink the programs that do not fit, nearest first; a change that divides a
+    program's temporaries by k is skipped while k is below what they exceed the device memory by."""
+    programs = {p["program"]: p for p in report["programs"] if not p["fits"]}
+    limit = report["target"]["memory_bytes"] or 1
+    over = {name: p["temp"] / max(1, limit - (p["total"] - p["temp"])) if p["total"] - p["temp"] < limit
+            else float("inf") for name, p in programs.items()}
     out: list[str] = []
     batch, mp = settings.train.prompts_per_iteration, settings.train.model_parallel
-    if "es rollout" in failing:
-        members = report["members_at_once"] or 1
-        out += [f"es.population_chunk={c}" for c in range(members - 1, 0, -1)
-                if (settings.es.population_size // settings.mesh.devices) % c == 0 and settings.es.noise == "full"]
+    if "es rollout" in programs:
+        members, need = report["members_at_once"] or 1, over["es rollout"]
+        local = settings.es.population_size // settings.mesh.devices
+        if settings.es.noise == "full":
+            out += [f"es.population_chunk={c}" for c in range(members - 1, 0, -1)
+                    if local % c == 0 and members / c >= need]
         current = settings.es.prompt_chunk or batch
-        out += [f"es.prompt_chunk={c}" for c in range(current - 1, 0, -1) if batch % c == 0][:4]
-    if "grpo update" in failing:
-        m = settings.grpo.grad_accum_steps
-        out += [f"grpo.grad_accum_steps={m * k}" for k in (2, 4, 8)]
-    if failing - {"evaluate"}:
+        out += [f"es.prompt_chunk={c}" for c in range(current - 1, 0, -1)
+                if batch % c == 0 and current / c >= need][:4]
+    if "grpo update" in programs:
+        m, rows = settings.grpo.grad_accum_steps, batch * settings.grpo.num_generations
+        out += [f"grpo.grad_accum_steps={m * k}" for k in (2, 4, 8, 16, 32, 64)
+                if k >= over["grpo update"] and rows % (settings.mesh.devices * m * k) == 0][:3]
+    if set(programs) - {"evaluate"}:
         out += [f"train.model_parallel={k}" for k in (2, 4, 8, 16) if k > mp and devices % k == 0]
-    if "evaluate" in failing:
+    if "evaluate" in programs:
         b = settings.train.eval_batch_size
-        out += [f"train.eval_batch_size={b // k}" for k in (2, 4, 8, 16) if b // k >= 1]
+        out += [f"train.eval_batch_size={b // k}" for k in (2, 4, 8, 16) if b // k >= 1 and k >= over["evaluate"]]
     return out
 
 
@@ -166,7 +174,8 @@ def format_plan(report: dict[str, Any]) -> str:
         moved = "-" if p["bytes_accessed"] is None else f"{p['bytes_accessed'] / 1e9:.1f}"
         sizes = " ".join(f"{_in(p[k], unit):>7s}" for k in ("argument", "temp", "output", "alias", "resident", "total"))
         lines.append(f"{p['program']:13s} {sizes}  {flops:>8s} "
-                     f"{moved:>8s} {p['compile_s']:>9.1f}  {verdict(p['total'], limit)}")
+                     f"{moved:>8s} {p['compile_s']:>9.1f}  {verdict(p['total'], limit)}"
+                     + (" (temporaries alone: the compiler refused it)" if "compile_error" in p else ""))
     lines.append(f"formula (esjax.run.memory): {_size(report['formula_bytes']['total'])} per device; "
                  f"compiled peak {_size(report['peak_bytes'])} ({report['peak_program']})")
     if report["fits"]:
