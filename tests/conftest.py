@@ -7,6 +7,8 @@ from pathlib import Path
 TEST_XLA_FLAGS = "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
 os.environ.setdefault("XLA_FLAGS", TEST_XLA_FLAGS)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the CLI turns on XLA's persistent cache in ~/.cache: tests never write there (tests/test_compile_cache.py sets tmp dirs)
+os.environ["ESJAX_COMPILATION_CACHE"] = "off"
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -294,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_libraries(args.verbose)
     func: Callable[[argparse.Namespace], None] = args.func
     try:
+        from esjax.common.compile_cache import enable_compilation_cache
+        enable_compilation_cache()  # before any jit: ESJAX_COMPILATION_CACHE or ~/.cache/esjax/xla
         func(args)
     except (*_user_errors(), ValueError, OSError) as e:  # ValueError: esjax's own validation of settings and files
         print(f"esjax {args.command}: error: {_one_line(e)}", file=sys.stderr)

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from esjax import distributed
+from esjax.common.compile_cache import enable_compilation_cache
 from esjax.run.checkpoints import RunCheckpoints
 from esjax.es.step import ESMethod
 from esjax.run.evaluate import EvalResult, PromptSet, evaluate
@@ -330,6 +331,8 @@ def train(settings: RunSettings, out_dir: str | Path, *, resume: bool = False, p
           changes: Mapping[str, tuple[Any, Any]] | None = None) -> dict[str, Any]:
     """Train to the end of the configured budget; returns a summary (run dir, accuracies, plots). ``changes``: see
     :class:`Run`."""
+    if settings.train.compilation_cache is not None:  # else the caller's choice (the CLI: env var or default)
+        enable_compilation_cache(settings.train.compilation_cache)
     run = Run(settings, out_dir, resume=resume, progress=progress, changes=changes)
     try:
         return run.run()
