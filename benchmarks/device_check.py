@@ -12,7 +12,10 @@ the host has). Stages, each reusing a benchmark of this directory:
    + batch x C x 2 x layers x kv_heads x head_dim x 2 bytes (the KV cache at the mean context C = 128 + 128).
    Peaks by ``device_kind`` from ``common.DEVICE_PEAKS`` (data sheets: H100/H200/A100, TPU v4/v5e/v5p/v6e).
 2. ES rollout (``es_step.measure_es``): N = 30 members x 8 prompts x 128 new tokens, full and low rank, against
-   plain generation of the same 240 sequences: throughput as a fraction of plain generation, and the update.
+   plain generation of the same 240 sequences: throughput as a fraction of plain generation, and the update;
+   then ``es_costs.measure_update``: the update of N = 30 members against one read + write of the parameters
+   (the memory-bound floor), and ``es_costs.measure_start``: ``esjax generate`` (and, on an accelerator, the demo's
+   first iterations) as a cold and a warm process sharing a fresh compilation cache.
 3. ES iteration at the paper's shape (N = 30, 200 prompts, 128 prompt + 1024 new tokens, full rank): run with
    ``T_run`` new tokens, the largest multiple of 64 up to 1024 that the time left allows (predicted from stage 2's
    measured throughput); time per iteration = rollout(T_run) x 1024 / T_run + update. Decode dominates and every
@@ -44,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 
 from benchmarks.common import device_info, device_peaks, model_config  # noqa: E402
+from benchmarks.es_costs import measure_start, measure_update  # noqa: E402
 from benchmarks.es_step import measure_es  # noqa: E402
 from benchmarks.generate import measure_generate  # noqa: E402
 from benchmarks.grpo_step import measure_grpo  # noqa: E402
@@ -75,7 +79,7 @@ class Plan:
 
 
 FULL = Plan("qwen2.5-0.5b", (64, 256), 128, 256, 30, 8, 128, 128, 200, 128, 1024, 32, 8, 64, 450.0)
-SMOKE = Plan("tiny", (4, 8), 8, 8, 4, 2, 8, 8, 4, 8, 32, 2, 4, 8, 240.0)
+SMOKE = Plan("tiny", (4, 8), 8, 8, 4, 2, 8, 8, 4, 8, 32, 2, 4, 8, 300.0)
 
 
 def tokens_that_fit(full_tokens: int, step: int, seconds_per_token: float, fixed_s: float, allowed_s: float) -> int:
@@ -194,6 +198,19 @@ def print_table(r: dict) -> None:
             rows.append((label, f"{e[noise]['ratio_vs_plain_generation']:.2f} of "
                          f"plain generation ({e[noise]['rollout_tokens_per_s']:,.0f} tokens/s), update "
                          f"{e[noise]['update_s']:.3f} s"))
+    if "es_update" in r:
+        u = r["es_update"]
+        rows.append((f"ES update N={u['population']}", f"{u['esjax_update']['median_s']:.3g} s = "
+                     f"{u['update_over_read_write']:.1f}x one read + write of the parameters "
+                     f"({u['read_write_params']['median_s']:.3g} s)"))
+    if "start" in r:
+        st = r["start"]
+        if "demo_cold" in st:
+            rows.append(("demo first iteration", f"cold {st['demo_cold']['first_iteration']['median_s']:.3g} s, "
+                         f"warm {st['demo_warm']['first_iteration']['median_s']:.3g} s, steady "
+                         f"{st['demo_warm']['steady_iteration']['median_s']:.3g} s"))
+        rows.append(("esjax generate process", f"cold {st['generate_cold_process']['median_s']:.3g} s, "
+                     f"warm {st['generate_warm_process']['median_s']:.3g} s"))
     if "es_paper" in r:
         p = r["es_paper"]
         rows.append((f"ES iteration N={p['population']}x{p['prompts']}x{p['new_tokens']}",
@@ -230,6 +247,8 @@ def main() -> int:
     decode = check.stage("decode", decode_sweep, config, params, plan)
     es_ratio = check.stage("es_rollout", measure_es, config, params, plan.es_population, plan.es_prompts,
                            plan.es_prompt_len, plan.es_new_tokens)
+    check.stage("es_update", measure_update, config, params, plan.es_population, False, 3, False)
+    check.stage("start", measure_start, 1, 4, not args.smoke)  # cold / warm compilation cache, separate processes
     check.stage("es_paper", paper_es, config, params, plan, check, es_ratio)
     check.stage("grpo_paper", paper_grpo, config, params, plan, check, decode)  # donates params: last
     check.finish()

@@ -29,7 +29,12 @@ def test_device_check_smoke_writes_every_figure(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["complete"] and r["smoke"] and r["platform"] == "cpu" and r["jax"]
-    assert set(r["stage_seconds"]) == {"decode", "es_rollout", "es_paper", "grpo_paper"}
+    assert set(r["stage_seconds"]) == {"decode", "es_rollout", "es_update", "start", "es_paper", "grpo_paper"}
+    update = r["es_update"]
+    assert update["esjax_update"]["median_s"] > 0 and update["update_over_read_write"] > 0
+    assert update["param_bytes"] == 2 * r["params"]  # bf16
+    start = r["start"]  # the smoke check times esjax generate only: a cold and a warm process on one fresh cache
+    assert start["generate_cold_process"]["runs"] == start["generate_warm_process"]["runs"] == 1
     assert [d["batch"] for d in r["decode"]] == [4, 8]
     assert all(d["decode_tokens_per_s"] > 0 and d["tokens_per_s"] > 0 for d in r["decode"])
     assert "roofline_fraction" not in r["decode"][0] and r["peak_hbm_bytes_per_s"] is None  # no peaks for a CPU
@@ -40,5 +45,6 @@ def test_device_check_smoke_writes_every_figure(tmp_path):
     assert es["new_tokens_run"] <= es["new_tokens"] and es["iteration_s_extrapolated"] >= es["measured"]["full"]["rollout_s"]
     grpo = r["grpo_paper"]
     assert grpo["step_s_extrapolated"] > 0 and grpo["measured"]["rows"] == 8
-    for line in ("decode batch 8", "ES N=4 full rank", "ES N=4 low rank", "ES iteration", "GRPO step"):
+    for line in ("decode batch 8", "ES N=4 full rank", "ES N=4 low rank", "ES update N=4", "esjax generate process",
+                 "ES iteration", "GRPO step"):
         assert line in run.stdout

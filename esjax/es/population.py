@@ -45,15 +45,28 @@ def population_params(es: ESConfig, params: Params, run_key: Array, iteration: A
                       members: Array) -> tuple[Params, Params | None, Population]:
     """Perturbed params (and low-rank factors) of ``members`` (int32 [M]) with a member axis only on the leaves
     that differ between members: full rank copies every trained leaf; low rank shares every matrix and stacks just
-    the factors and the perturbed non-matrix leaves. Frozen leaves are never copied."""
+    the factors and the perturbed non-matrix leaves. Frozen leaves are never copied.
+
+    Members are built one at a time (``lax.map``) into the stacked buffers, each leaf's noise drawn once and added
+    in the same loop: no noise temporaries beyond one member's, and nothing that XLA could fuse into the decoder's
+    consumers and so regenerate per token (with ``vmap`` a profile showed each bias's noise redrawn for every
+    prompt position of the prefill, and the embedding's for every gathered token)."""
     treedef, kinds, _ = leaf_plan(es, params)
+    leaves = jax.tree.leaves(params)
     if es.noise == "full":
         axes = jax.tree.unflatten(treedef, [None if k == FROZEN else 0 for k in kinds])
-        stacked = jax.vmap(lambda m: perturb(es, params, run_key, iteration, m), out_axes=axes)(members)
+        trained = iter(jax.lax.map(lambda m: [x for x, k in zip(jax.tree.leaves(
+            perturb(es, params, run_key, iteration, m)), kinds) if k != FROZEN], members))
+        stacked = jax.tree.unflatten(treedef, [p if k == FROZEN else next(trained) for p, k in zip(leaves, kinds)])
         return stacked, None, Population(members.shape[0], axes)
     axes = jax.tree.unflatten(treedef, [0 if k == FULL else None for k in kinds])
-    dense, lowrank = jax.vmap(lambda m: lowrank_perturb(es, params, run_key, iteration, m),
-                              out_axes=(axes, 0))(members)
+
+    def member(m):
+        dense, lowrank = lowrank_perturb(es, params, run_key, iteration, m)
+        return [x for x, k in zip(jax.tree.leaves(dense), kinds) if k == FULL], lowrank
+    full, lowrank = jax.lax.map(member, members)
+    full = iter(full)
+    dense = jax.tree.unflatten(treedef, [next(full) if k == FULL else p for p, k in zip(leaves, kinds)])
     return dense, _strip_none(lowrank), Population(members.shape[0], axes, 0)
 
 

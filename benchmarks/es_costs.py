@@ -1,0 +1,249 @@
+"""What an ES run costs beyond decoding, in one JSON: start-up with a cold and a warm compilation cache, the update
+against the ES paper's update loop and against moving the parameters once, and the rollout against plain generation.
+
+    python benchmarks/es_costs.py                 # CPU: the demo's shape + a Qwen2.5-0.5B-shaped short run
+    python benchmarks/es_costs.py --quick         # fewer repeats, no 0.5B shape (a minute or two)
+
+Every comparison alternates the things compared in one process (A B C A B C ...) and reports the median and the
+spread (min, max) of each, with ``/proc/loadavg`` before and after: on a shared machine only ratios of medians
+taken side by side mean anything.
+
+1. ``start``: ``esjax demo`` (4 iterations) and ``esjax generate`` as separate processes, each pair on a fresh
+   cache folder: the first process compiles (cold), the second loads its programs from XLA's persistent cache
+   (warm). First iteration = the metrics' ``seconds`` of iteration 0 (rollout + scoring + update, compilation
+   included); steady = the median of the later iterations.
+2. ``update``: the jitted ES update (``es.update.update_state``) of N members against (a) the ES paper's loop
+   (github.com/VsonicV/es-fine-tuning-paper: per parameter, per member, ``torch.manual_seed``, ``torch.randn``,
+   ``mul_``, ``add_``; PyTorch on the same CPU, same shapes and N) and (b) one jitted pass that reads and writes
+   every parameter once (the memory-bound floor of any update).
+3. ``rollout``: ``make_runner(...).rollout`` (N members x B prompts, full and low rank) against one plain
+   batched ``generate`` of the same N x B sequences with the unperturbed weights; ratio = plain s / rollout s.
+
+Writes ``benchmarks/es_costs-<platform>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks.common import device_info, model_config, write_result  # noqa: E402
+from esjax.es import ESConfig  # noqa: E402
+from esjax.es.update import init_state, update_state  # noqa: E402
+from esjax.models import init_params  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load() -> list[float]:
+    """The 1, 5 and 15 minute load averages (empty where /proc is missing)."""
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return []
+
+
+def stats(seconds: list[float]) -> dict[str, float]:
+    return {"median_s": round(float(np.median(seconds)), 4), "min_s": round(min(seconds), 4),
+            "max_s": round(max(seconds), 4), "runs": len(seconds)}
+
+
+def alternate(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Each function once to warm up (compile), then ``repeats`` rounds calling them in turn: seconds per call."""
+    for fn in fns.values():
+        jax.block_until_ready(fn())
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+# ------------------------------------------------------------------------------------------------ 1. start-up
+def _cli(args: list[str], cache: Path) -> tuple[float, subprocess.CompletedProcess]:
+    env = {**os.environ, "ESJAX_COMPILATION_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    start = time.perf_counter()
+    run = subprocess.run([sys.executable, "-m", "esjax.cli", *args], env=env, capture_output=True, text=True)
+    if run.returncode:
+        raise RuntimeError(f"esjax {' '.join(args)} failed: {run.stderr[-2000:]}")
+    return time.perf_counter() - start, run
+
+
+def demo_run(out: Path, cache: Path, iterations: int) -> dict[str, float]:
+    """One ``esjax demo`` process: its wall time, first and steady iteration seconds."""
+    wall, _ = _cli(["demo", "--out", str(out), "--set", f"train.iterations={iterations}", "--set",
+                    f"train.checkpoint_every={iterations}"], cache)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    seconds = [r["seconds"] for r in sorted(records, key=lambda r: r["iteration"]) if "seconds" in r]
+    steady = float(np.median(seconds[1:]))
+    return {"process_s": round(wall, 2), "first_iteration_s": round(seconds[0], 3),
+            "steady_iteration_s": round(steady, 3), "first_over_steady": round(seconds[0] / steady, 2)}
+
+
+def measure_start(repeats: int, iterations: int = 4, demo: bool = True, model: str | None = None) -> dict:
+    """Cold and warm processes of ``esjax demo`` (if ``demo``) and ``esjax generate`` (24 new tokens, greedy, from
+    ``model``, default the demo's embedded model), ``repeats`` cold/warm pairs, each pair on a fresh cache."""
+    from esjax.run.embedded import EMBEDDED_MODEL_DIR
+    model = model or str(EMBEDDED_MODEL_DIR)
+    result: dict[str, Any] = {"load_before": load(), "demo_iterations": iterations if demo else 0}
+    runs: dict[str, list] = {"demo_cold": [], "demo_warm": [], "generate_cold": [], "generate_warm": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(repeats):
+            cache = Path(tmp) / f"cache{r}"
+            for label in ("cold", "warm"):
+                if demo:
+                    runs[f"demo_{label}"].append(demo_run(Path(tmp) / f"run{r}{label}", cache, iterations))
+                wall, _ = _cli(["generate", "--model", model, "--prompt", "Numbers: 3 5 7. Target: 22.",
+                                "--max-new-tokens", "24", "--greedy"], cache)
+                runs[f"generate_{label}"].append(round(wall, 2))
+    if demo:
+        for label in ("cold", "warm"):
+            first = [r["first_iteration_s"] for r in runs[f"demo_{label}"]]
+            steady = [r["steady_iteration_s"] for r in runs[f"demo_{label}"]]
+            result[f"demo_{label}"] = {"first_iteration": stats(first), "steady_iteration": stats(steady),
+                                       "first_over_steady_median": round(np.median(first) / np.median(steady), 2),
+                                       "process": stats([r["process_s"] for r in runs[f"demo_{label}"]])}
+    for label in ("cold", "warm"):
+        result[f"generate_{label}_process"] = stats(runs[f"generate_{label}"])
+    result["runs"] = runs
+    result["load_after"] = load()
+    return result
+
+
+# ------------------------------------------------------------------------------------------------- 2. update
+def reference_update(shapes: list[tuple[int, ...]], population: int, alpha: float = 5e-4) -> Callable[[], None]:
+    """The ES paper's update loop in PyTorch on float32 tensors of ``shapes`` (its ``es_fine-tuning`` script)."""
+    import torch
+    params = [torch.zeros(s) for s in shapes]
+    seeds = np.random.default_rng(0).integers(0, 2 ** 30, population)
+    rewards = np.random.default_rng(1).normal(size=population)
+
+    def run() -> None:
+        for param in params:
+            gen = torch.Generator(device=param.device)
+            update = torch.zeros_like(param)
+            for i in range(population):
+                gen.manual_seed(int(seeds[i]))
+                noise = torch.randn(param.shape, generator=gen, device=param.device, dtype=param.dtype)
+                noise.mul_(float(rewards[i]))
+                update.add_(noise)
+            update.div_(population)
+            param.data.add_(alpha * update)
+    return run
+
+
+def measure_update(config, params, population: int, antithetic: bool, repeats: int, reference: bool) -> dict:
+    """The jitted ES update against a read-write pass over the parameters (and the paper's loop)."""
+    es = ESConfig(population_size=population, sigma=1e-3, alpha=5e-4, antithetic=antithetic, noise="full",
+                  master_fp32=jax.tree.leaves(params)[0].dtype != jnp.float32)
+    state = init_state(es, params, jax.random.key(1))
+    fitness = jnp.asarray(np.random.default_rng(0).normal(size=population), jnp.float32)
+    update = jax.jit(lambda s, f: update_state(es, s, f)[0].params)
+    touch = jax.jit(lambda p: jax.tree.map(lambda x: x * jnp.asarray(1.0001, x.dtype), p))
+    fns = {"esjax_update": lambda: update(state, fitness), "read_write_params": lambda: touch(params)}
+    if reference:
+        import torch
+        fns["reference_update"] = reference_update([x.shape for x in jax.tree.leaves(params)], population)
+    before = load()
+    times = alternate(fns, repeats)
+    nbytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    result = {"population": population, "antithetic": antithetic, "noise_draws": population // (1 + antithetic),
+              "param_count": sum(x.size for x in jax.tree.leaves(params)), "param_bytes": nbytes,
+              **{k: stats(v) for k, v in times.items()},
+              "update_over_read_write": round(med["esjax_update"] / med["read_write_params"], 1),
+              "read_write_bytes_per_s": round(2 * nbytes / med["read_write_params"]),
+              "load_before": before, "load_after": load()}
+    if reference:
+        result["reference_over_esjax"] = round(med["reference_update"] / med["esjax_update"], 2)
+        result["torch_threads"] = torch.get_num_threads()
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ 3. rollout
+def measure_rollout(config, params, population: int, prompts: int, prompt_len: int, new_tokens: int,
+                    repeats: int, noises: tuple[str, ...] = ("full", "lowrank")) -> dict:
+    """ES rollouts (each noise kind) against plain generation of the same N x B sequences, alternated."""
+    from esjax.es.step import es_init, make_runner
+    from esjax.generation.sampling import SamplingConfig, generate_jit
+    rng = np.random.default_rng(0)
+    tokens = jnp.asarray(rng.integers(2, min(config.vocab_size, 250), (prompts, prompt_len)), jnp.int32)
+    mask = jnp.ones_like(tokens)
+    sampling = SamplingConfig(max_new_tokens=new_tokens, eos_token_ids=(), pad_token_id=1)
+    flat = jnp.tile(tokens, (population, 1))
+    fns = {"plain": lambda: generate_jit(config, params, flat, jnp.ones_like(flat), jax.random.key(0),
+                                         sampling).tokens}
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("population",))
+    chunks = {}
+    for noise in noises:
+        es = ESConfig(population_size=population, sigma=1e-3, alpha=5e-4, noise=noise, antithetic=True,
+                      master_fp32=jax.tree.leaves(params)[0].dtype != jnp.float32)
+        runner = make_runner(es, config, sampling, mesh, params, tokens.shape)
+        state = es_init(runner, params, jax.random.key(1))
+        chunks[noise] = runner.rollout.chunk
+        fns[noise] = (lambda r, s: lambda: r.rollout(s.params, s.run_key, s.iteration, tokens, mask,
+                                                     jax.random.key(2)).tokens)(runner, state)
+    before = load()
+    times = alternate(fns, repeats)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    total = population * prompts * new_tokens
+    result = {"population": population, "prompts": prompts, "prompt_len": prompt_len, "new_tokens": new_tokens,
+              "plain": stats(times["plain"]) | {"tokens_per_s": round(total / med["plain"], 1)}}
+    for noise in noises:
+        result[noise] = stats(times[noise]) | {
+            "tokens_per_s": round(total / med[noise], 1), "members_at_once": chunks[noise],
+            "ratio_vs_plain_generation": round(med["plain"] / med[noise], 3),
+            "ratio_per_round": [round(p / t, 3) for p, t in zip(times["plain"], times[noise])]}
+    return result | {"load_before": before, "load_after": load()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer repeats, the demo's shape only")
+    ap.add_argument("--sections", nargs="+", default=["start", "update", "rollout"],
+                    choices=["start", "update", "rollout"])
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    repeats = 3 if args.quick else 7
+    result: dict[str, Any] = {"benchmark": "es_costs", **device_info()}
+    demo = model_config("embedded")
+    from esjax.models import load_model
+    from esjax.run.embedded import EMBEDDED_MODEL_DIR
+    demo_params = load_model(str(EMBEDDED_MODEL_DIR)).params
+    big = None if args.quick else model_config("qwen2.5-0.5b")
+    if "start" in args.sections:
+        result["start"] = measure_start(1 if args.quick else 2)
+    if "update" in args.sections:
+        # the demo: N = 64 antithetic (32 noise draws); the paper's loop has no antithetic pairs, so it draws 64
+        result["update_demo"] = measure_update(demo, demo_params, 64, True, repeats, reference=True)
+        result["update_demo_plain"] = measure_update(demo, demo_params, 64, False, repeats, reference=True)
+        if big is not None:
+            params = jax.jit(init_params, static_argnums=(0, 2))(big, jax.random.key(0), "float32")
+            result["update_qwen2.5-0.5b"] = measure_update(big, params, 2, False, 3, reference=False)
+            del params
+    if "rollout" in args.sections:
+        result["rollout_demo"] = measure_rollout(demo, demo_params, 64, 50, 32, 24, repeats)
+        if big is not None:
+            params = jax.jit(init_params, static_argnums=(0, 2))(big, jax.random.key(0), "float32")
+            result["rollout_qwen2.5-0.5b"] = measure_rollout(big, params, 2, 4, 16, 16, 3)
+    out = args.out or Path(__file__).parent / f"es_costs-{result['platform']}.json"
+    write_result(out, result)
+
+
+if __name__ == "__main__":
+    main()
