@@ -56,22 +56,27 @@ def load() -> list[float]:
         return []
 
 
-def stats(seconds: list[float]) -> dict[str, float]:
-    return {"median_s": round(float(np.median(seconds)), 4), "min_s": round(min(seconds), 4),
-            "max_s": round(max(seconds), 4), "runs": len(seconds)}
+def stats(seconds: list[float], cpu: list[float] | None = None) -> dict[str, float]:
+    """Median, min and max wall seconds (and the median CPU seconds of this process, all threads)."""
+    out = {"median_s": round(float(np.median(seconds)), 4), "min_s": round(min(seconds), 4),
+           "max_s": round(max(seconds), 4), "runs": len(seconds)}
+    return out | ({"cpu_median_s": round(float(np.median(cpu)), 4)} if cpu else {})
 
 
-def alternate(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
-    """Each function once to warm up (compile), then ``repeats`` rounds calling them in turn: seconds per call."""
+def alternate(fns: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str, list[float]], dict[str, list]]:
+    """Each function once to warm up (compile), then ``repeats`` rounds calling them in turn: (wall seconds, CPU
+    seconds of this process) per call. CPU time is the steadier figure on a machine other jobs load."""
     for fn in fns.values():
         jax.block_until_ready(fn())
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    wall: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             jax.block_until_ready(fn())
-            times[name].append(time.perf_counter() - start)
-    return times
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
 # ------------------------------------------------------------------------------------------------ 1. start-up
@@ -160,17 +165,20 @@ def measure_update(config, params, population: int, antithetic: bool, repeats: i
         import torch
         fns["reference_update"] = reference_update([x.shape for x in jax.tree.leaves(params)], population)
     before = load()
-    times = alternate(fns, repeats)
+    times, cpu = alternate(fns, repeats)
     nbytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
     med = {k: float(np.median(v)) for k, v in times.items()}
+    med_cpu = {k: float(np.median(v)) for k, v in cpu.items()}
     result = {"population": population, "antithetic": antithetic, "noise_draws": population // (1 + antithetic),
               "param_count": sum(x.size for x in jax.tree.leaves(params)), "param_bytes": nbytes,
-              **{k: stats(v) for k, v in times.items()},
+              **{k: stats(v, cpu[k]) for k, v in times.items()},
               "update_over_read_write": round(med["esjax_update"] / med["read_write_params"], 1),
+              "update_over_read_write_cpu": round(med_cpu["esjax_update"] / med_cpu["read_write_params"], 1),
               "read_write_bytes_per_s": round(2 * nbytes / med["read_write_params"]),
               "load_before": before, "load_after": load()}
     if reference:
         result["reference_over_esjax"] = round(med["reference_update"] / med["esjax_update"], 2)
+        result["reference_over_esjax_cpu"] = round(med_cpu["reference_update"] / med_cpu["esjax_update"], 2)
         result["torch_threads"] = torch.get_num_threads()
     return result
 
@@ -199,15 +207,17 @@ def measure_rollout(config, params, population: int, prompts: int, prompt_len: i
         fns[noise] = (lambda r, s: lambda: r.rollout(s.params, s.run_key, s.iteration, tokens, mask,
                                                      jax.random.key(2)).tokens)(runner, state)
     before = load()
-    times = alternate(fns, repeats)
+    times, cpu = alternate(fns, repeats)
     med = {k: float(np.median(v)) for k, v in times.items()}
+    med_cpu = {k: float(np.median(v)) for k, v in cpu.items()}
     total = population * prompts * new_tokens
     result = {"population": population, "prompts": prompts, "prompt_len": prompt_len, "new_tokens": new_tokens,
-              "plain": stats(times["plain"]) | {"tokens_per_s": round(total / med["plain"], 1)}}
+              "plain": stats(times["plain"], cpu["plain"]) | {"tokens_per_s": round(total / med["plain"], 1)}}
     for noise in noises:
-        result[noise] = stats(times[noise]) | {
+        result[noise] = stats(times[noise], cpu[noise]) | {
             "tokens_per_s": round(total / med[noise], 1), "members_at_once": chunks[noise],
             "ratio_vs_plain_generation": round(med["plain"] / med[noise], 3),
+            "ratio_vs_plain_generation_cpu": round(med_cpu["plain"] / med_cpu[noise], 3),
             "ratio_per_round": [round(p / t, 3) for p, t in zip(times["plain"], times[noise])]}
     return result | {"load_before": before, "load_after": load()}
 

@@ -17,6 +17,7 @@ noise does not depend on the device count. ``member`` and ``iteration`` may be t
 
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from esjax.es.config import ESConfig
 
@@ -184,35 +186,44 @@ def standard_normal(key: Array, shape: tuple[int, ...]) -> Array:
     JAX lowers its Threefry hash on CPU as a rolled loop over the 20 rounds, each writing its state to memory;
     unrolled (as JAX itself lowers it for accelerators) XLA:CPU fuses hash, uniform and ``erf_inv`` into one
     vectorised loop with no temporaries, 2x faster. Elementwise in the flat index (``jax_threefry_partitionable``'s
-    counter layout), so a leaf split over devices still generates only its own block. Falls back to
+    counter layout), so a leaf split over devices still generates only its own block. Traced once per shape (a
+    cached inner ``jit``, in ``lax`` ops): a model has a few distinct leaf shapes and many leaves. Falls back to
     ``jax.random.normal`` for non-Threefry keys, the non-partitionable layout or 2^32 elements or more.
     """
     shape = tuple(int(d) for d in shape)
-    size = math.prod(shape)
     threefry = jnp.issubdtype(key.dtype, jax.dtypes.prng_key) and jax.random.key_impl(key) == "threefry2x32"
-    if not threefry or not jax.config.jax_threefry_partitionable or size >= 2 ** 32:
+    if not threefry or not jax.config.jax_threefry_partitionable or math.prod(shape) >= 2 ** 32:
         return jax.random.normal(key, shape, jnp.float32)
+    return _normal_from_key_data(jax.random.key_data(key), shape)
+
+
+@functools.partial(jax.jit, static_argnums=1, inline=True)
+def _normal_from_key_data(data: Array, shape: tuple[int, ...]) -> Array:
+    """:func:`standard_normal` from uint32 [2] Threefry key data."""
     count = jnp.zeros(shape, jnp.uint32)  # the row-major flat index (its high word is 0 below 2^32 elements)
     for axis, stride in zip(range(len(shape)), np.cumprod((1, *shape[:0:-1]))[::-1]):
-        count = count + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride)
-    k0, k1 = jax.random.key_data(key)
-    bits = jnp.bitwise_xor(*_threefry2x32(k0, k1, jnp.zeros_like(count), count))
+        count = lax.add(count, lax.mul(lax.broadcasted_iota(jnp.uint32, shape, axis), np.uint32(stride)))
+    k0, k1 = lax.broadcast(data[0], shape), lax.broadcast(data[1], shape)
+    bits = lax.bitwise_xor(*_threefry2x32(k0, k1, jnp.zeros(shape, jnp.uint32), count))
     # jax.random.uniform(key, shape, float32, nextafter(-1, 0), 1), then sqrt(2) * erf_inv, as jax.random.normal
     lo = np.nextafter(np.float32(-1), np.float32(0))
-    unit = jax.lax.bitcast_convert_type((bits >> 9) | np.float32(1).view(np.uint32), jnp.float32) - np.float32(1)
-    u = jax.lax.max(lo, unit * (np.float32(1) - lo) + lo)
-    return np.float32(np.sqrt(2)) * jax.lax.erf_inv(u)
+    mantissa = lax.bitwise_or(lax.shift_right_logical(bits, np.uint32(9)), np.float32(1).view(np.uint32))
+    unit = lax.sub(lax.bitcast_convert_type(mantissa, jnp.float32), np.float32(1))
+    u = lax.max(lax.add(lax.mul(unit, np.float32(1) - lo), lo), lo)
+    return lax.mul(np.float32(np.sqrt(2)), lax.erf_inv(u))
 
 
 def _threefry2x32(k0: Array, k1: Array, x0: Array, x1: Array) -> tuple[Array, Array]:
-    """Threefry-2x32 with 20 rounds (Random123's), unrolled: uint32 key words and counter arrays -> two arrays."""
-    ks = (k0, k1, k0 ^ k1 ^ np.uint32(0x1BD11BDA))
-    x0, x1 = x0 + ks[0], x1 + ks[1]
+    """Threefry-2x32 with 20 rounds (Random123's), unrolled: uint32 key words and counters of one shape."""
+    ks = (k0, k1, lax.bitwise_xor(lax.bitwise_xor(k0, k1), np.uint32(0x1BD11BDA)))
+    x0, x1 = lax.add(x0, ks[0]), lax.add(x1, ks[1])
     for i in range(5):
         for r in _ROTATIONS[i % 2]:
-            x0 = x0 + x1
-            x1 = ((x1 << np.uint32(r)) | (x1 >> np.uint32(32 - r))) ^ x0
-        x0, x1 = x0 + ks[(i + 1) % 3], x1 + ks[(i + 2) % 3] + np.uint32(i + 1)
+            x0 = lax.add(x0, x1)
+            rotated = lax.bitwise_or(lax.shift_left(x1, np.uint32(r)), lax.shift_right_logical(x1, np.uint32(32 - r)))
+            x1 = lax.bitwise_xor(rotated, x0)
+        x0 = lax.add(x0, ks[(i + 1) % 3])
+        x1 = lax.add(lax.add(x1, ks[(i + 2) % 3]), np.uint32(i + 1))
     return x0, x1
 
 
