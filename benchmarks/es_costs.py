@@ -46,6 +46,7 @@ from esjax.es.update import init_state, update_state  # noqa: E402
 from esjax.models import init_params  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+CODE = [ROOT]  # the checkout whose esjax the start-up processes run (--code: compare another one)
 
 
 def load() -> list[float]:
@@ -81,7 +82,7 @@ def alternate(fns: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str
 
 # ------------------------------------------------------------------------------------------------ 1. start-up
 def _cli(args: list[str], cache: Path) -> tuple[float, subprocess.CompletedProcess]:
-    env = {**os.environ, "ESJAX_COMPILATION_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "ESJAX_COMPILATION_CACHE": str(cache), "PYTHONPATH": str(CODE[0])}
     start = time.perf_counter()
     run = subprocess.run([sys.executable, "-m", "esjax.cli", *args], env=env, capture_output=True, text=True)
     if run.returncode:
@@ -227,31 +228,39 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer repeats, the demo's shape only")
     ap.add_argument("--sections", nargs="+", default=["start", "update", "rollout"],
                     choices=["start", "update", "rollout"])
+    ap.add_argument("--code", default=None, help="start-up: run the esjax of this checkout (an A/B comparison)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.code:
+        CODE[0] = Path(args.code).resolve()
     repeats = 3 if args.quick else 7
-    result: dict[str, Any] = {"benchmark": "es_costs", **device_info()}
-    demo = model_config("embedded")
+    result: dict[str, Any] = {"benchmark": "es_costs", **device_info(), "code": str(CODE[0])}
+    out = Path(args.out or Path(__file__).parent / f"es_costs-{result['platform']}.json")
+
+    def record(name: str, fn: Callable[..., dict], *fn_args) -> None:  # the JSON is rewritten after each part
+        result[name] = fn(*fn_args)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+
     from esjax.models import load_model
     from esjax.run.embedded import EMBEDDED_MODEL_DIR
+    demo = model_config("embedded")
     demo_params = load_model(str(EMBEDDED_MODEL_DIR)).params
     big = None if args.quick else model_config("qwen2.5-0.5b")
     if "start" in args.sections:
-        result["start"] = measure_start(1 if args.quick else 2)
+        record("start", measure_start, 1 if args.quick else 2)
     if "update" in args.sections:
         # the demo: N = 64 antithetic (32 noise draws); the paper's loop has no antithetic pairs, so it draws 64
-        result["update_demo"] = measure_update(demo, demo_params, 64, True, repeats, reference=True)
-        result["update_demo_plain"] = measure_update(demo, demo_params, 64, False, repeats, reference=True)
-        if big is not None:
-            params = jax.jit(init_params, static_argnums=(0, 2))(big, jax.random.key(0), "float32")
-            result["update_qwen2.5-0.5b"] = measure_update(big, params, 2, False, 3, reference=False)
-            del params
+        record("update_demo", measure_update, demo, demo_params, 64, True, repeats, True)
+        record("update_demo_plain", measure_update, demo, demo_params, 64, False, repeats, True)
     if "rollout" in args.sections:
-        result["rollout_demo"] = measure_rollout(demo, demo_params, 64, 50, 32, 24, repeats)
-        if big is not None:
-            params = jax.jit(init_params, static_argnums=(0, 2))(big, jax.random.key(0), "float32")
-            result["rollout_qwen2.5-0.5b"] = measure_rollout(big, params, 2, 4, 16, 16, 3)
-    out = args.out or Path(__file__).parent / f"es_costs-{result['platform']}.json"
+        record("rollout_demo", measure_rollout, demo, demo_params, 64, 50, 32, 24, repeats)
+    if big is not None and "update" in args.sections:
+        params = jax.jit(init_params, static_argnums=(0, 2))(big, jax.random.key(0), "float32")
+        record("update_qwen2.5-0.5b", measure_update, big, params, 2, False, 3, False)
+        del params
+    if big is not None and "rollout" in args.sections:
+        params = jax.jit(init_params, static_argnums=(0, 2))(big, jax.random.key(0), "float32")
+        record("rollout_qwen2.5-0.5b", measure_rollout, big, params, 2, 4, 16, 16, 3)
     write_result(out, result)
 
 
