@@ -40,6 +40,10 @@ DAMAGES = {
     "meta-other-iteration": lambda d: (d / "meta" / "metadata").write_text(
         '{"iteration": 7, "metrics": [], "matrices": {}}'),
     "step-emptied": _empty,
+    "meta-odd-record": lambda d: (d / "meta" / "metadata").write_text(
+        '{"iteration": %s, "metrics": [{"iteration": 1, "samples": "x"}], "matrices": {}}' % d.name),
+    "meta-odd-matrix": lambda d: (d / "meta" / "metadata").write_text(
+        '{"iteration": %s, "metrics": [], "matrices": {"test": [["a"]]}}' % d.name),
 }
 
 

@@ -124,12 +124,14 @@ CONFIG_FIELDS = ["model_type", "vocab_size", "hidden_size", "intermediate_size",
                  "num_attention_heads", "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta",
                  "rope_scaling", "max_position_embeddings", "tie_word_embeddings", "qkv_bias", "o_bias", "mlp_bias",
                  "qk_norm", "eos_token_ids", "bos_token_id", "pad_token_id", "hf_config_json", "hf_generation_json"]
-CRAFTED += [(f"field-{key}-{kind}", _meta(lambda m, v, key=key, value=value: m["config"].update({key: value})), key)
-            for key in CONFIG_FIELDS for kind, value in (("list", [[]]), ("object", {"a": None}), ("string", "x"))]
+FIELDS = [(f"field-{key}-{kind}", _meta(lambda m, v, key=key, value=value: m["config"].update({key: value})), key)
+          for key in CONFIG_FIELDS for kind, value in (("list", [[]]), ("object", {"a": None}), ("string", "x"))]
+# every crafted case through each command that reads a checkpoint; the field types (parsed in one place) by export
+CASES = [(f"{case[0]}-{command}", *case[1:], command) for case in CRAFTED
+         for command in ("export", "generate", "export-sharded")] + [(*case, "export") for case in FIELDS]
 
 
-@pytest.mark.parametrize("command", ["export", "generate", "export-sharded"])
-@pytest.mark.parametrize("edit, needle", [c[1:] for c in CRAFTED], ids=[c[0] for c in CRAFTED])
+@pytest.mark.parametrize("edit, needle, command", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_crafted_checkpoint_reads_and_writes_only_inside(checkpoint, tmp_path, capsys, monkeypatch, edit, needle,
                                                          command):
     """A checkpoint folder from elsewhere, with one crafted field: one line naming it, exit 2, and not one file

@@ -146,10 +146,23 @@ class RunCheckpoints:
         self.manager.close()
 
 
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _record_ok(r: Any) -> bool:
+    """A metrics record: an int iteration, numbers, and lists of names (``settings_changed``)."""
+    return (isinstance(r, dict) and isinstance(r.get("iteration"), int) and not isinstance(r["iteration"], bool)
+            and all(_number(v) or isinstance(v, list) and all(isinstance(x, str) for x in v) for v in r.values()))
+
+
 def _check_meta(meta: Any, step: int) -> None:
-    """A checkpoint's metadata: an object whose iteration is ``step``, with its metrics records and matrices."""
+    """A checkpoint's metadata: an object whose iteration is ``step``, with its metrics records (numbers) and the
+    accuracy matrices (split -> rows of numbers)."""
     ok = (isinstance(meta, dict) and meta.get("iteration") == step and isinstance(meta.get("metrics"), list)
-          and all(isinstance(r, dict) for r in meta["metrics"]) and isinstance(meta.get("matrices"), dict))
+          and all(map(_record_ok, meta["metrics"])) and isinstance(meta.get("matrices"), dict)
+          and all(isinstance(rows, list) and all(isinstance(row, list) and all(map(_number, row)) for row in rows)
+                  for rows in meta["matrices"].values()))
     if not ok:
         raise ValueError("its metadata is not the iteration, metrics and matrices of this step")
 
