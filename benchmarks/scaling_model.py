@@ -41,7 +41,7 @@ from pathlib import Path
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from esjax.run import memory  # noqa: E402
+from esjax.common import memory  # noqa: E402
 
 GiB = 1 << 30
 

@@ -109,3 +109,44 @@ def test_folders_are_the_documented_layers():
     assert folders == documented, f"folders {sorted(folders)} vs documented {sorted(documented)}"
     root = {p.name for p in PACKAGE.glob("*.py")}
     assert root == {"__init__.py", "testing.py"}, f"modules at the package root: {sorted(root)}"
+
+
+def layers() -> dict[str, int]:
+    """``{module: layer}`` from docs/architecture.md's table, bottom layer 0 (a row with no layer name continues the
+    one above); a package is as high as the highest module in it (importing it runs them)."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    names: list[str] = []
+    out = {}
+    for row in re.findall(r"^\|(.*)\|$", text, re.M):
+        cells = [c.strip() for c in row.split("|")]
+        if cells[0] == "layer" or set(cells[0]) <= {"-"} and cells[1].startswith("-"):  # the header
+            continue
+        if cells[0] and cells[0] not in names:
+            names.append(cells[0])
+        for path in re.findall(r"`([a-z_/]+\.py)`", cells[2]):
+            out["esjax." + path[:-3].replace("/", ".")] = len(names) - 1
+    for package in {m.rpartition(".")[0] for m in out if "." in m.removeprefix("esjax.")}:
+        out[package] = max(v for m, v in out.items() if m.startswith(package + "."))
+    return out
+
+
+def upward_imports(graph: dict[str, set[str]], layer: dict[str, int]) -> list[str]:
+    """``"a -> b"`` for each import of a module from a higher layer (package ``__init__`` files, which only gather
+    their modules' names, are not checked)."""
+    return sorted(f"{a} -> {b}" for a, edges in graph.items() if a in layer and not _is_package(a)
+                  for b in edges if layer.get(b, -1) > layer[a])
+
+
+def _is_package(module: str) -> bool:
+    return (PACKAGE.parent / module.replace(".", "/") / "__init__.py").is_file()
+
+
+def test_upward_import_finder_finds_a_planted_one():
+    graph = {"esjax.common.files": {"esjax.run.loop"}, "esjax.run.loop": {"esjax.common.files"}}
+    assert upward_imports(graph, layers()) == ["esjax.common.files -> esjax.run.loop"]
+
+
+def test_imports_only_go_down_the_layers():
+    graph, layer = import_graph(), layers()
+    assert layer["esjax.common.errors"] == 0 and layer["esjax.cli.commands"] == max(layer.values())
+    assert upward_imports(graph, layer) == [], "docs/architecture.md's layers are ordered bottom up"

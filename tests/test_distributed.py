@@ -20,7 +20,8 @@ from esjax.models import config_from_hf, forward_jit, init_params, param_shapes
 from esjax.models.sharding import (UnmatchedLeafError, leaf_path, param_specs, partition_spec, shard_tree,
                                    tree_shardings)
 from esjax.generation.sampling import SamplingConfig, pad_prompts
-from esjax.run.settings import MeshPlan, SettingsError, load_settings
+from esjax.run.plan import MeshPlan, plan_devices
+from esjax.run.settings import SettingsError, load_settings
 
 FAST = {"xla_backend_optimization_level": 0}
 QWEN2 = config_from_hf(dict(model_type="qwen2", vocab_size=64, hidden_size=32, intermediate_size=64,
@@ -82,12 +83,13 @@ def test_build_mesh_and_the_run_mesh_plan():
                          ({"a": -1, "b": 3}, "cannot be split"), ({"a": 0}, "positive")]:
         with pytest.raises(ValueError, match=message):
             build_mesh(bad)
-    es = load_settings(None, ["train.devices=4", "es.population_size=8"])
-    assert es.mesh == MeshPlan("population", 4, 1) and es.mesh.build().axis_names == ("population",)
-    grpo = load_settings(None, ["method=grpo", "train.model_parallel=4", "train.prompts_per_iteration=2"])
-    assert dict(grpo.mesh.build().shape) == {"data": 2, "model": 4}
-    with pytest.raises(SettingsError, match="needs 12 devices"):
-        load_settings(None, ["train.devices=3", "train.model_parallel=4", "es.population_size=6"])
+    es = plan_devices(load_settings(None, ["train.devices=4", "es.population_size=8"]))
+    assert es == MeshPlan("population", 4, 1) and es.build().axis_names == ("population",)
+    grpo = plan_devices(load_settings(None, ["method=grpo", "sampling.temperature=1", "train.model_parallel=4", "train.prompts_per_iteration=2"]))
+    assert dict(grpo.build().shape) == {"data": 2, "model": 4}
+    too_many = load_settings(None, ["train.devices=3", "train.model_parallel=4", "es.population_size=6"])
+    with pytest.raises(SettingsError, match="needs 12 devices"):  # the settings load; the run's plan refuses
+        plan_devices(too_many)
 
 
 def test_partition_rules():

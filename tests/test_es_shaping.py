@@ -98,9 +98,9 @@ def test_config_defaults_are_the_paper_and_hashable():
 
 
 @pytest.mark.parametrize("kwargs, num_devices, message", [
-    ({"population_size": 30}, 4, "multiple of the number of devices"),
-    ({"population_size": 7, "antithetic": True}, 1, "antithetic pairs"),
-    ({"population_size": 30, "antithetic": True}, 2, r"multiple of 2 \* num_devices \(4\)"),
+    ({"population_size": 30}, 4, r"30 members does not split evenly over 4 devices"),
+    ({"population_size": 7, "antithetic": True}, 1, "must be even"),
+    ({"population_size": 30, "antithetic": True}, 2, r"15 antithetic pairs does not split evenly over 2 devices"),
     ({"sigma": 0.0}, 1, "sigma"),
     ({"alpha": -1.0}, 1, "alpha"),
     ({"rank": 0}, 1, "rank"),
@@ -116,12 +116,12 @@ def test_config_defaults_are_the_paper_and_hashable():
 ])
 def test_config_validation(kwargs, num_devices, message):
     with pytest.raises(ValueError, match=message):
-        ESConfig(**kwargs).validate(num_devices=num_devices)
+        ESConfig(**kwargs).check_devices(num_devices)
 
 
 def test_config_validation_accepts_device_multiples():
-    assert ESConfig(population_size=32, antithetic=True).validate(num_devices=8).population_size == 32
-    assert ESConfig(population_size=30).validate(num_devices=6)
+    assert ESConfig(population_size=32, antithetic=True).check_devices(8).population_size == 32
+    assert ESConfig(population_size=30).check_devices(6)
 
 
 def test_from_dict_rejects_unknown_keys():

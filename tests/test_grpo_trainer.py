@@ -84,11 +84,11 @@ def test_config_validation():
     with pytest.raises(ValueError, match="use_bias_correction_kl"):
         GRPOConfig(use_bias_correction_kl="yes")
     config = GRPOConfig(num_generations=4, grad_accum_steps=2)
-    config.validate(num_devices=4, rollout_batch=8)
+    config.check_devices(4, rollout_batch=8)
     with pytest.raises(ValueError, match=r"multiple of num_devices \* grad_accum_steps = 4 \* 2 = 8"):
-        config.validate(num_devices=4, rollout_batch=12)
+        config.check_devices(4, rollout_batch=12)
     with pytest.raises(ValueError, match="multiple of 4"):
-        config.validate(num_devices=1, rollout_batch=6)
+        config.check_devices(1, rollout_batch=6)
     hash(config)
     with pytest.raises(ValueError, match="temperature"):
         make_runner(config, MODEL, SamplingConfig(temperature=0.0))

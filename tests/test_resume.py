@@ -61,7 +61,7 @@ def test_resume_settings_rules(tmp_path):
     settings, changes = resume_settings(cosine, None, ["train.iterations=12", "es.total_steps=12"], allow_changes=True)
     assert settings.es.total_steps == 12 and set(changes) == {"train.iterations", "es.total_steps"}
     config = tmp_path / "c.yaml"
-    config.write_text("train: {iterations: 8, devices: 1}\nes: {sigma: 0.01}\nmethod: grpo\n")
+    config.write_text("train: {iterations: 8, devices: 1}\nes: {sigma: 0.01}\nmethod: grpo\nsampling: {temperature: 1}\n")
     with pytest.raises(ResumeError, match=r"method \(\"es\" -> \"grpo\"\)"):
         resume_settings(run, config)
     with pytest.raises(ResumeError, match="nothing to resume"):

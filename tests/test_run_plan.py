@@ -7,39 +7,53 @@ import numpy as np
 import pytest
 
 from esjax.models import config_from_hf
-from esjax.run.plan import format_plan, plan_report
+from esjax.run.plan import format_plan, plan_devices, plan_report
 from esjax.run.settings import SettingsError, load_settings
 
 GiB = 1 << 30
 
 
+def plan(*overrides, devices=None):
+    return plan_devices(load_settings(None, list(overrides)), devices)
+
+
 def test_a_population_that_leaves_devices_idle_is_refused_with_the_fix():
     assert jax.device_count() == 8
     pairs = ["es.population_size=30", "es.antithetic=true"]
-    with pytest.raises(SettingsError, match=r"population 30 = 15 antithetic pairs does not split over 8 devices: set "
-                                            r"train.devices=5 \(uses 5 of 8\) or es.population_size=32"):
-        load_settings(None, pairs)
-    assert load_settings(None, [*pairs, "train.devices=5"]).mesh.devices == 5  # chosen: accepted
-    assert load_settings(None, ["es.population_size=32", "es.antithetic=true"]).mesh.devices == 8
-    with pytest.raises(SettingsError, match=r"population 30 = 15 antithetic pairs does not split over 4 model groups "
-                                            r"of 2 devices: set train.devices=3 \(uses 6 of 8\) or "
+    settings = load_settings(None, pairs)  # settings load without looking at the devices
+    with pytest.raises(SettingsError, match=r"^population 30 = 15 antithetic pairs cannot be split evenly over 8 "
+                                            r"devices: set train.devices=5 \(uses 5 of 8\) or "
+                                            r"es.population_size=32$"):
+        plan_devices(settings)
+    assert plan(*pairs, "train.devices=5").devices == 5  # the first fix, followed
+    assert plan("es.population_size=32", "es.antithetic=true").devices == 8  # the second
+    assert plan(*pairs, devices=1).devices == 1 and plan(*pairs, devices=5).devices == 5  # other machines
+    with pytest.raises(SettingsError, match=r"population 30 = 15 antithetic pairs cannot be split evenly over 4 "
+                                            r"model groups of 2 devices: set train.devices=3 \(uses 6 of 8\) or "
                                             r"es.population_size=32"):
-        load_settings(None, [*pairs, "train.model_parallel=2"])
-    with pytest.raises(SettingsError, match=r"population 30 does not split over 8 devices: set train.devices=6 "
-                                            r"\(uses 6 of 8\) or es.population_size=32"):
-        load_settings(None, ["es.population_size=30", "es.antithetic=false"])
+        plan(*pairs, "train.model_parallel=2")
+    with pytest.raises(SettingsError, match=r"population 30 cannot be split evenly over 8 devices: set "
+                                            r"train.devices=6 \(uses 6 of 8\) or es.population_size=32"):
+        plan("es.population_size=30", "es.antithetic=false")
     with pytest.raises(SettingsError, match=r"train.model_parallel=3 leaves 2 of 8 devices idle: set train.devices=2 "
                                             r"\(uses 6 of 8\)"):
-        load_settings(None, ["es.population_size=32", "train.model_parallel=3"])
+        plan("es.population_size=32", "train.model_parallel=3")
+    with pytest.raises(SettingsError, match=r"15 antithetic pairs cannot be split evenly over train.devices=4: set "
+                                            r"train.devices=5 or es.population_size=32"):
+        plan(*pairs, "train.devices=4")
 
 
 def test_a_grpo_batch_that_leaves_devices_idle_is_refused_with_the_fix():
+    grpo = ["method=grpo", "sampling.temperature=1", "train.prompts_per_iteration=5", "grpo.num_generations=4"]
     with pytest.raises(SettingsError, match=r"20 rollout rows \(train.prompts_per_iteration 5 x grpo.num_generations "
-                                            r"4\) do not split over 8 devices: set train.devices=5 \(uses 5 of 8\) or "
-                                            r"train.prompts_per_iteration=6"):
-        load_settings(None, ["method=grpo", "train.prompts_per_iteration=5", "grpo.num_generations=4"])
-    assert load_settings(None, ["method=grpo", "train.prompts_per_iteration=6",
-                                "grpo.num_generations=4"]).mesh.devices == 8
+                                            r"4\) cannot be split evenly over 8 devices: set train.devices=5 \(uses 5 "
+                                            r"of 8\) or train.prompts_per_iteration=6"):
+        plan(*grpo)
+    assert plan(*grpo, "train.devices=5").devices == 5
+    assert plan("method=grpo", "sampling.temperature=1", "train.prompts_per_iteration=6", "grpo.num_generations=4").devices == 8
+    with pytest.raises(SettingsError, match=r"in 2 micro-batches cannot be split evenly over 8 devices: set "
+                                            r"train.devices=5 \(uses 5 of 8\) or train.prompts_per_iteration=8"):
+        plan(*grpo, "grpo.grad_accum_steps=2")
 
 
 def qwen05():
@@ -53,7 +67,7 @@ def test_es_report_counts_work_and_memory_per_device():
     """Qwen2.5-0.5B, bf16, N = 32 on 4 population groups x model axis 2: the paper's 200 prompts x 1152 tokens."""
     model = qwen05()
     settings = load_settings(None, ["es.population_size=32", "train.model_parallel=2", "es.master_fp32=true"])
-    mesh = settings.mesh.build()
+    mesh = plan_devices(settings).build()
     plan = plan_report("es", settings.es, model, "bfloat16", mesh, 200, 128, 1024, members_at_once=2)
     assert plan["mesh"] == {"population": 4, "model": 2} and plan["devices_used"] == 8 and plan["devices_idle"] == 0
     assert plan["members_per_device"] == 8 and plan["members_at_once"] == 2 and plan["prompts_per_decode"] == 200
@@ -71,9 +85,9 @@ def test_es_report_counts_work_and_memory_per_device():
 
 def test_grpo_report_rows_per_device():
     model = qwen05()
-    settings = load_settings(None, ["method=grpo", "train.prompts_per_iteration=32", "grpo.num_generations=8",
+    settings = load_settings(None, ["method=grpo", "sampling.temperature=1", "train.prompts_per_iteration=32", "grpo.num_generations=8",
                                     "train.devices=4", "train.model_parallel=2"])
-    mesh = settings.mesh.build()
+    mesh = plan_devices(settings).build()
     plan = plan_report("grpo", settings.grpo, model, "bfloat16", mesh, 32, 128, 1024)
     assert plan["rollout_rows"] == 256 and plan["rows_per_device"] == 64
     mem = plan["memory_per_device_bytes"]

@@ -101,20 +101,21 @@ def test_decaying_schedules_end_with_the_run():
     assert s.es.total_steps == 7 and s.es.alpha_at()(7) == 0
     assert load_settings(None, ["es.alpha_schedule=linear", "es.total_steps=3", *one]).es.total_steps == 3
     assert load_settings(None, one).es.total_steps is None
-    s = load_settings(None, ["method=grpo", "train.iterations=5", "grpo.lr_schedule=linear", "grpo.num_iterations=2"])
+    s = load_settings(None, ["method=grpo", "sampling.temperature=1", "train.iterations=5", "grpo.lr_schedule=linear", "grpo.num_iterations=2"])
     assert s.grpo.total_steps == 10
 
 
 @pytest.mark.parametrize("overrides", [["es.alpha_schedule=cosine", "es.freeze=[norm]", "es.optimizer=sgd",
                                         "es.optimizer_kwargs={momentum: 0.9}", "train.devices=2"],
-                                       ["method=grpo", "grpo.lr_schedule=linear", "grpo.num_iterations=2"]],
+                                       ["method=grpo", "sampling.temperature=1", "grpo.lr_schedule=linear",
+                                        "grpo.num_iterations=2"]],
                          ids=["es", "grpo"])
 def test_saved_settings_load_back_equal(tmp_path, overrides):
     """config.yaml holds the resolved settings (typed method configs included) and loads back to equal ones."""
     settings = load_settings(None, overrides)
     save_settings(settings, tmp_path / "config.yaml")
     again = load_settings(tmp_path / "config.yaml")
-    assert again == settings and again.mesh == settings.mesh
+    assert again == settings and again.configs == settings.configs
 
 
 @pytest.mark.slow

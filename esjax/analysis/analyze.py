@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
+from esjax.common.errors import InputError
 from esjax.analysis import SECTIONS, geometry, interpolation, kl, runs
 from esjax.run.evaluate import EvalResult, PromptSet, evaluate
 from esjax.generation.inference import sampling_for
@@ -51,9 +52,9 @@ class Options:
     def __post_init__(self):
         unknown = sorted(set(self.skip) - set(SECTIONS))
         if unknown:
-            raise ValueError(f"--skip {','.join(unknown)}: unknown section (known: {', '.join(SECTIONS)})")
+            raise InputError(f"--skip {','.join(unknown)}: unknown section (known: {', '.join(SECTIONS)})")
         if self.limit is not None and self.limit < 1 or self.kl_samples < 1 or self.batch_size < 1:
-            raise ValueError("--limit, --kl-samples and --batch-size must be >= 1")
+            raise InputError("--limit, --kl-samples and --batch-size must be >= 1")
 
     def runs(self, section: str) -> bool:
         return section not in self.skip
@@ -80,7 +81,7 @@ def _check_compatible(base: Model, model: Model) -> None:
     shapes = lambda p: jax.tree.map(lambda x: tuple(x.shape), p)  # noqa: E731
     same_tree = jax.tree.structure(base.params) == jax.tree.structure(model.params)
     if not same_tree or shapes(base.params) != shapes(model.params):
-        raise ValueError(f"model {model.name!r} ({model.path}) does not have the base model's architecture")
+        raise InputError(f"model {model.name!r} ({model.path}) does not have the base model's architecture")
 
 
 def _bar(options: Options, total: int, desc: str):
@@ -98,19 +99,19 @@ class Analysis:
     def __init__(self, base: Model, models: Mapping[str, Model], tasks: Mapping[str, Any], options: Options,
                  es_hparams: Mapping[str, tuple[float, int, int]] | None = None):
         if not models:
-            raise ValueError("give at least one --model NAME=PATH")
+            raise InputError("give at least one --model NAME=PATH")
         if BASE in models:
-            raise ValueError(f"--model: the name {BASE!r} is reserved for --base")
+            raise InputError(f"--model: the name {BASE!r} is reserved for --base")
         for model in models.values():
             _check_compatible(base, model)
         unknown = sorted(set(es_hparams or {}) - set(models))
         if unknown:
-            raise ValueError(f"--es-hparams {unknown[0]}: no --model of that name")
+            raise InputError(f"--es-hparams {unknown[0]}: no --model of that name")
         self.base, self.models, self.tasks, self.options = base, dict(models), dict(tasks), options
         self.es_hparams = dict(es_hparams or {})
         tok_dir = next((m.tokenizer_dir for m in (base, *models.values()) if m.tokenizer_dir is not None), None)
         if tok_dir is None:
-            raise ValueError(f"{base.path}: no tokenizer files next to the base model or any model")
+            raise InputError(f"{base.path}: no tokenizer files next to the base model or any model")
         from esjax.generation.tokenizer import load_tokenizer
         self.tokenizer = load_tokenizer(tok_dir)
         self.config = base.config
@@ -310,7 +311,7 @@ def analyze(base: str | Path, models: Mapping[str, str | Path], tasks: Sequence[
     config.yaml is imported only with ``trust_task_files``."""
     from esjax.analysis.report import write_report
     if BASE in models:
-        raise ValueError(f"--model: the name {BASE!r} is reserved for --base")
+        raise InputError(f"--model: the name {BASE!r} is reserved for --base")
     paths = {BASE: base, **models}
     found = [r for r in (runs.find_run(runs.model_dir(p)) for p in paths.values()) if r is not None]
     if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from esjax.common.errors import InputError
 from esjax.run.evaluate import EvalResult, PromptSet, evaluate
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import Params
@@ -106,8 +107,8 @@ def parse_grid(spec: str | Sequence[float] | None, default: Sequence[float], nam
         else:
             values = [float(x) for x in spec.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"{name} {spec!r}: expected START:STOP:NUM (2 <= NUM <= {MAX_GRID_POINTS}) or a "
+        raise InputError(f"{name} {spec!r}: expected START:STOP:NUM (2 <= NUM <= {MAX_GRID_POINTS}) or a "
                          f"comma-separated list") from None
     if not values or len(values) > MAX_GRID_POINTS or not all(math.isfinite(v) for v in values):
-        raise ValueError(f"{name} {spec!r}: expected 1 to {MAX_GRID_POINTS} finite points")
+        raise InputError(f"{name} {spec!r}: expected 1 to {MAX_GRID_POINTS} finite points")
     return values

@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping
 import jax
 import numpy as np
 
+from esjax.common.errors import InputError
 from esjax.es import ESConfig, trainable_mask
 from esjax.run.settings import RunSettings, TaskSettings, load_settings
 from esjax.run.loop import load_task, resolve_model_path
@@ -68,7 +69,7 @@ def find_run(path: str | Path) -> RunInfo | None:
     stage_dir = stage_dir or dirs[-1]
     m = _STAGE.fullmatch(stage_dir.name)
     if m is None:
-        raise ValueError(f"{stage_dir}: not a stage directory (expected stages/<k>-<task>)")
+        raise InputError(f"{stage_dir}: not a stage directory (expected stages/<k>-<task>)")
     return RunInfo(run_dir, load_settings(run_dir / "config.yaml"), int(m.group(1)), dirs)
 
 
@@ -88,9 +89,9 @@ def parse_named(items: Iterable[str], what: str = "--model") -> dict[str, str]:
         name, sep, value = item.partition("=")
         name, value = name.strip(), value.strip()
         if not sep or not name or not value or not re.fullmatch(r"[\w.\-+]+", name):
-            raise ValueError(f"{what} {item!r}: expected NAME=PATH (NAME: letters, digits, _ . - +)")
+            raise InputError(f"{what} {item!r}: expected NAME=PATH (NAME: letters, digits, _ . - +)")
         if name in out:
-            raise ValueError(f"{what}: the name {name!r} is given twice")
+            raise InputError(f"{what}: the name {name!r} is given twice")
         out[name] = value
     return out
 
@@ -128,7 +129,7 @@ def parse_es_hparams(items: Iterable[str]) -> dict[str, tuple[float, int, int]]:
             alpha, population, iterations = value.split(",")
             out[name] = (float(alpha), int(population), int(iterations))
         except ValueError:
-            raise ValueError(f"--es-hparams {name}={value}: expected NAME=ALPHA,N,T (e.g. es=5e-4,30,500)") from None
+            raise InputError(f"--es-hparams {name}={value}: expected NAME=ALPHA,N,T (e.g. es=5e-4,30,500)") from None
     return out
 
 
@@ -140,7 +141,7 @@ def parse_task_options(items: Iterable[str]) -> dict[str, dict[str, Any]]:
         key, sep, value = item.partition("=")
         task, dot, option = key.strip().partition(".")
         if not sep or not dot or not task or not option:
-            raise ValueError(f"--task-option {item!r}: expected TASK.KEY=VALUE (e.g. countdown_procedural.counts=[3])")
+            raise InputError(f"--task-option {item!r}: expected TASK.KEY=VALUE (e.g. countdown_procedural.counts=[3])")
         out.setdefault(task, {})[option] = parse_yaml(value, f"--task-option {key.strip()}")
     return out
 
@@ -155,7 +156,7 @@ def resolve_tasks(names: Iterable[str], runs: Iterable[RunInfo], options: Mappin
     from esjax import tasks
     names = [n.strip() for n in names if n.strip()]
     if not names:
-        raise ValueError("--tasks: give at least one task name")
+        raise InputError("--tasks: give at least one task name")
     stages: dict[str, tuple[RunInfo, TaskSettings]] = {}
     for run in runs:
         for st in run.stage_settings():
@@ -168,7 +169,7 @@ def resolve_tasks(names: Iterable[str], runs: Iterable[RunInfo], options: Mappin
             run, st = stages[name]
             code = st.file or (st.name.rpartition(":")[0] if ".py:" in st.name else None)
             if code and not trust_task_files:
-                raise ValueError(f"{run.run_dir / 'config.yaml'}: task {name!r} is defined by the Python file "
+                raise InputError(f"{run.run_dir / 'config.yaml'}: task {name!r} is defined by the Python file "
                                  f"{code!r}; pass --trust-task-file to import (run) it")
             out[name] = load_task(st)
         else:

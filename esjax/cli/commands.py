@@ -1,4 +1,5 @@
-"""The ``esjax`` command line. User errors print one line on stderr and exit with code 2."""
+"""The ``esjax`` command line. User errors (:class:`esjax.common.errors.EsjaxError`, and the OS refusing a file)
+print one line on stderr and exit with code 2; any other exception is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
@@ -10,24 +11,13 @@ from typing import Callable, Sequence
 from esjax.cli.args import (EXIT_USER_ERROR, OneLineParser, nonnegative_float, nonnegative_int, positive_int,
                             probability, seed)
 from esjax.cli.quiet import quiet_libraries
+from esjax.common.errors import EsjaxError
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "assets" / "demo_es.yaml"
 
 
-class UsageError(Exception):
+class UsageError(EsjaxError):
     """Bad input from the user (message printed as is)."""
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from esjax.models import CheckpointError, ModelConfigError
-    from esjax.models.safetensors_io import SafetensorsError
-    from esjax.run.scoring import RewardError
-    from esjax.run.settings import SettingsError
-    from esjax.tasks import TaskDataError, UnknownTaskError
-    from esjax.run.loop import RunDirError
-    return (UsageError, FileNotFoundError, FileExistsError, NotADirectoryError, PermissionError, ModelConfigError,
-            CheckpointError, SafetensorsError, SettingsError, RunDirError, RewardError, TaskDataError,
-            UnknownTaskError)
 
 
 def _load(path: str, dtype: str | None = None):
@@ -297,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from esjax.common.compile_cache import enable_compilation_cache
         enable_compilation_cache()  # before any jit: ESJAX_COMPILATION_CACHE or ~/.cache/esjax/xla
         func(args)
-    except (*_user_errors(), ValueError, OSError) as e:  # ValueError: esjax's own validation of settings and files
+    except (EsjaxError, OSError) as e:  # bad input (and files the OS refuses); anything else is a bug: traceback
         print(f"esjax {args.command}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USER_ERROR
     return 0

@@ -13,6 +13,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from esjax.common.errors import InputError
+
 ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID = "ESJAX_COORDINATOR", "ESJAX_NUM_PROCESSES", "ESJAX_PROCESS_ID"
 ENV_LOCAL_DEVICE_IDS, ENV_MODE, ENV_PORT = "ESJAX_LOCAL_DEVICE_IDS", "ESJAX_DISTRIBUTED", "ESJAX_COORDINATOR_PORT"
 DEFAULT_PORT = 8476  # jax.distributed's own default coordinator port
@@ -50,7 +52,7 @@ def first_slurm_host(nodelist: str) -> str:
     nodelist = nodelist.strip()
     match = re.match(r"^([^,\[]+)(?:\[([^\]]+)\])?", nodelist)
     if not match:
-        raise ValueError(f"cannot parse SLURM node list {nodelist!r}")
+        raise InputError(f"cannot parse SLURM node list {nodelist!r}")
     prefix, ranges = match.group(1), match.group(2)
     if ranges is None:
         return prefix
@@ -77,11 +79,11 @@ def cluster_from_env(env: Mapping[str, str] | None = None) -> ClusterSpec | None
     if env.get(ENV_COORDINATOR) or env.get(ENV_NUM_PROCESSES):
         missing = [k for k in (ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID) if not env.get(k)]
         if missing:
-            raise ValueError(f"multi-process run: set {', '.join(missing)} as well "
+            raise InputError(f"multi-process run: set {', '.join(missing)} as well "
                              f"({ENV_COORDINATOR}=host:port, {ENV_NUM_PROCESSES}=N, {ENV_PROCESS_ID}=0..N-1)")
         n, pid = int(env[ENV_NUM_PROCESSES]), int(env[ENV_PROCESS_ID])
         if not 0 <= pid < n:
-            raise ValueError(f"{ENV_PROCESS_ID}={pid} must be in [0, {ENV_NUM_PROCESSES}={n})")
+            raise InputError(f"{ENV_PROCESS_ID}={pid} must be in [0, {ENV_NUM_PROCESSES}={n})")
         if n == 1:
             return None
         address = env[ENV_COORDINATOR]
@@ -91,7 +93,7 @@ def cluster_from_env(env: Mapping[str, str] | None = None) -> ClusterSpec | None
     if env.get("SLURM_NTASKS") and env.get("SLURM_PROCID") and int(env["SLURM_NTASKS"]) > 1:
         nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
         if not nodelist:
-            raise ValueError("SLURM_NTASKS > 1 but no SLURM_STEP_NODELIST / SLURM_JOB_NODELIST / SLURM_NODELIST")
+            raise InputError("SLURM_NTASKS > 1 but no SLURM_STEP_NODELIST / SLURM_JOB_NODELIST / SLURM_NODELIST")
         address = f"{first_slurm_host(nodelist)}:{env.get(ENV_PORT, DEFAULT_PORT)}"
         return ClusterSpec("slurm", address, int(env["SLURM_NTASKS"]), int(env["SLURM_PROCID"]), local_ids)
     if mode == "auto" and _on_cloud_tpu(env):

@@ -99,26 +99,15 @@ class ESConfig:
         d["freeze"], d["optimizer_kwargs"] = list(self.freeze), dict(self.optimizer_kwargs)
         return d
 
-    def validate(self, num_devices: int = 1) -> ESConfig:
-        """Raises ValueError on an inconsistent config; returns self.
-
-        Args:
-            num_devices: devices the population is split over. N must be a multiple of it so every
-                device runs the same number of members; with ``antithetic``, of ``2 * num_devices`` so that
-                a +/- pair never straddles two devices.
-        """
+    def validate(self) -> ESConfig:
+        """Raises ValueError on an inconsistent config; returns self. Runs once, when the config is built; the
+        split over devices is :meth:`check_devices`'s."""
         n = self.population_size
-        if not isinstance(n, int) or n < 1:
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"population_size must be a positive int, got {n!r}.")
-        if not isinstance(num_devices, int) or num_devices < 1:
-            raise ValueError(f"num_devices must be a positive int, got {num_devices!r}.")
-        if self.antithetic and n % (2 * num_devices):
-            raise ValueError(
-                    f"With antithetic=True, population_size ({n}) must be a multiple of 2 * num_devices "
-                    f"({2 * num_devices}) so that antithetic pairs (2k, 2k+1) never straddle devices.")
-        if n % num_devices:
-            raise ValueError(
-                    f"population_size ({n}) must be a multiple of the number of devices ({num_devices}).")
+        if self.antithetic and n % 2:
+            raise ValueError(f"With antithetic=True, population_size ({n}) must be even: members (2k, 2k+1) are "
+                             f"the pairs +eps_k, -eps_k.")
         for name in ("sigma", "alpha"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -148,6 +137,21 @@ class ESConfig:
             raise ValueError(f"population_chunk must be 'auto' or an int >= 1, got {chunk!r}.")
         if self.prompt_chunk is not None and not (isinstance(self.prompt_chunk, int) and self.prompt_chunk >= 1):
             raise ValueError(f"prompt_chunk must be None or an int >= 1, got {self.prompt_chunk!r}.")
+        return self
+
+    def units(self) -> int:
+        """What devices split evenly: the members, or the antithetic pairs (a pair never straddles two devices)."""
+        return self.population_size // (2 if self.antithetic else 1)
+
+    def check_devices(self, num_devices: int) -> ESConfig:
+        """Raises ValueError unless the population splits evenly over ``num_devices`` (every device runs the same
+        number of members; with ``antithetic``, whole pairs); returns self."""
+        if not isinstance(num_devices, int) or num_devices < 1:
+            raise ValueError(f"num_devices must be a positive int, got {num_devices!r}.")
+        if self.units() % num_devices:
+            what = "antithetic pairs" if self.antithetic else "members"
+            raise ValueError(f"population_size ({self.population_size}) = {self.units()} {what} does not split "
+                             f"evenly over {num_devices} devices.")
         return self
 
     def alpha_at(self) -> optax.Schedule:

@@ -17,9 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
+from esjax.common.errors import InputError
 from esjax.distributed.mesh import MODEL_AXIS, POPULATION_AXIS
 from esjax.es.config import ESConfig
-from esjax.run.memory import kv_bytes_per_token
+from esjax.common.memory import kv_bytes_per_token
 from esjax.es.noise import FROZEN, FULL, leaf_plan, lowrank_perturb, perturb
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import Params
@@ -100,7 +101,7 @@ def rollout_members(es: ESConfig, model: ModelConfig, sampling: SamplingConfig, 
     if c >= b:
         return decode(tokens, mask, keys)
     if b % c:
-        raise ValueError(f"prompt_chunk={c} must divide the {b} prompts of an iteration")
+        raise InputError(f"prompt_chunk={c} must divide the {b} prompts of an iteration")
     split = lambda x: x.reshape(b // c, c, *x.shape[1:])  # noqa: E731
     chunk_keys = jnp.swapaxes(keys.reshape(m, b // c, c), 0, 1)  # [b / c, M, c]
     out = jax.lax.map(lambda a: decode(*a), (split(tokens), split(mask), chunk_keys))
@@ -132,7 +133,7 @@ def members_at_once(es: ESConfig, model: ModelConfig, max_new_tokens: int, mesh:
     param_bytes = sum(x.size * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(params)) // model_size
     batch, prompt = batch_shape
     if es.prompt_chunk and batch % es.prompt_chunk:
-        raise ValueError(f"es.prompt_chunk={es.prompt_chunk} must divide the {batch} prompts of an iteration")
+        raise InputError(f"es.prompt_chunk={es.prompt_chunk} must divide the {batch} prompts of an iteration")
     batch = min(batch, es.prompt_chunk or batch)  # rows of one member in one decode
     itemsize = jnp.dtype(jax.tree.leaves(params)[0].dtype).itemsize
     kv_bytes = batch * (prompt + max_new_tokens) * kv_bytes_per_token(
@@ -150,7 +151,7 @@ def rollout_population(es: ESConfig, model: ModelConfig, sampling: SamplingConfi
     if chunk >= m:
         return run(members)
     if m % chunk:
-        raise ValueError(f"population_chunk={chunk} must divide the {m} members of a device")
+        raise InputError(f"population_chunk={chunk} must divide the {m} members of a device")
     out = jax.lax.map(run, members.reshape(m // chunk, chunk))
     return jax.tree.map(lambda x: x.reshape(m, *x.shape[2:]), out)
 
@@ -176,14 +177,14 @@ def make_rollout(es: ESConfig, model: ModelConfig, sampling: SamplingConfig, mes
                  batch_shape: tuple[int, int]) -> Rollout:
     """Build the population rollout for prompts of ``batch_shape`` = (B, P) on ``mesh``.
 
-    Members are split evenly over the mesh's population axis (``es.validate`` checks divisibility); the output
+    Members are split evenly over the mesh's population axis (``es.check_devices`` checks divisibility); the output
     stays sharded along members, so each process reads back only the completions of its own devices' members.
     A ``model`` axis, if the mesh has one, is left to the compiler: ``shard_map`` is manual over the population
     axis only (``axis_names``), so inside a member group the params keep their model sharding (tensor parallel,
     see :mod:`esjax.models.sharding`) and each population shard's decode loop still stops on its own.
     """
     n_dev = mesh.shape[POPULATION_AXIS]
-    es.validate(n_dev)
+    es.check_devices(n_dev)
     local = es.population_size // n_dev
     chunk = members_at_once(es, model, sampling.max_new_tokens, mesh, params, batch_shape)
 

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
+from esjax.common.errors import InputError
 from esjax.models.config import ModelConfig, ModelConfigError
 from esjax.models.decoder import Params
 from esjax.generation.prompts import encode_prompts
@@ -88,7 +89,7 @@ def check_context(config: ModelConfig, prompt_tokens: int, max_new_tokens: int) 
     """Raise ValueError unless a prompt of ``prompt_tokens`` plus ``max_new_tokens`` fits the model's
     ``max_position_embeddings``."""
     if prompt_tokens + max_new_tokens > config.max_position_embeddings:
-        raise ValueError(f"a prompt of {prompt_tokens} tokens + {max_new_tokens} new tokens exceeds the model's "
+        raise InputError(f"a prompt of {prompt_tokens} tokens + {max_new_tokens} new tokens exceeds the model's "
                          f"max_position_embeddings ({config.max_position_embeddings})")
 
 

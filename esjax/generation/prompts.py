@@ -45,7 +45,7 @@ def render(tokenizer: Any, prompt: Prompt) -> str:
     if isinstance(prompt, str):
         return prompt
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise ValueError("a chat prompt needs a tokenizer with a chat template")
+        raise PromptError("a chat prompt needs a tokenizer with a chat template")
     return tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
 
 

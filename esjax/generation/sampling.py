@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from esjax.common.errors import EsjaxError
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import Decoder, Params, make_model, positions_from_mask
 
@@ -43,7 +44,7 @@ class SamplingConfig:
         return self.temperature == 0
 
 
-class EmptyPromptError(ValueError):
+class EmptyPromptError(EsjaxError, ValueError):
     """A prompt that encodes to no tokens (there is nothing to condition on)."""
 
 

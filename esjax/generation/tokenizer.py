@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+from esjax.common.errors import InputError
 from esjax.common.paths import check_tree
 
 DEFAULT_SPECIAL = ("<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>")
@@ -68,6 +69,6 @@ def load_tokenizer(path: str | Path):
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
     except Exception as e:  # transformers/tokenizers raise many types for broken files; report which directory
-        raise ValueError(f"{path}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
+        raise InputError(f"{path}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
     tok.padding_side = "left"
     return tok

@@ -78,14 +78,9 @@ class GRPOConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def validate(self, num_devices: int = 1, rollout_batch: int | None = None) -> GRPOConfig:
-        """Raises ValueError on an inconsistent config; returns self.
-
-        Args:
-            num_devices: devices on the mesh's "data" axis.
-            rollout_batch: K = num_prompts * G rows of one rollout, if known. It must be a multiple of G, and of
-                ``num_devices * grad_accum_steps`` so that every micro-batch splits evenly over the devices.
-        """
+    def validate(self) -> GRPOConfig:
+        """Raises ValueError on an inconsistent config; returns self. Runs once, when the config is built; the
+        split of a rollout over devices is :meth:`check_devices`'s."""
         def positive_int(name, minimum=1):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
@@ -115,6 +110,19 @@ class GRPOConfig:
         if self.logprob_chunk_size is not None:
             positive_int("logprob_chunk_size")
         schedules.validate_schedule(self.lr_schedule, self.warmup_steps, self.total_steps, name="lr_schedule")
+        return self
+
+    def units(self, prompts: int) -> int:
+        """What devices split evenly: the micro-batches' rows (``prompts * G / grad_accum_steps``)."""
+        return prompts * self.num_generations // self.grad_accum_steps
+
+    def check_devices(self, num_devices: int, rollout_batch: int | None = None) -> GRPOConfig:
+        """Raises ValueError unless a rollout of ``rollout_batch`` rows (if known) splits over ``num_devices`` on
+        the mesh's "data" axis; returns self.
+
+        The batch must be num_prompts * G (a multiple of G), and a multiple of ``num_devices * grad_accum_steps``
+        so that every micro-batch splits evenly over the devices.
+        """
         if not isinstance(num_devices, int) or num_devices < 1:
             raise ValueError(f"num_devices must be a positive int, got {num_devices!r}.")
         if rollout_batch is not None:

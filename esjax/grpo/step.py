@@ -116,7 +116,6 @@ def make_runner(config: GRPOConfig, model_config: ModelConfig, sampling: Samplin
     if mesh.axis_names not in ((DATA_AXIS,), (DATA_AXIS, MODEL_AXIS)):
         raise ValueError(f"mesh axes must be ({DATA_AXIS!r},) or ({DATA_AXIS!r}, {MODEL_AXIS!r}) (see data_mesh, "
                          f"esjax.distributed.build_mesh), got {mesh.axis_names}.")
-    config.validate(mesh.shape[DATA_AXIS])
     repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P(DATA_AXIS))
     params_sharding = tree_shardings(mesh, param_shapes(model_config), model_config)
     rollout_fn = jax.jit(functools.partial(rollout, model_config, sampling),
@@ -207,7 +206,7 @@ class GRPOMethod:
 
     def __init__(self, config: GRPOConfig, model: ModelConfig, sampling: SamplingConfig, mesh: Mesh, params: Params,
                  batch_shape: tuple[int, int]):
-        self.config = config.validate(mesh.shape[DATA_AXIS], batch_shape[0] * config.num_generations)
+        self.config = config.check_devices(mesh.shape[DATA_AXIS], batch_shape[0] * config.num_generations)
         self.runner = make_runner(config, model, sampling, mesh)
         self.samples_per_prompt = config.num_generations
 

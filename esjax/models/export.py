@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from esjax.common.errors import InputError
 from esjax.common.files import publish_dir, temp_dir_beside
 from esjax.common.paths import MetadataError, parse_json, plain_name
 from esjax.models.config import ModelConfig
@@ -42,7 +43,7 @@ def parse_size(size: int | str, name: str = "max_shard_size") -> int:
     except ValueError:
         value = float("nan")
     if isinstance(size, bool) or not value >= 1 or not np.isfinite(value):
-        raise ValueError(f"{name} {size!r}: expected a positive size such as 500MB, 2GB or a number of bytes")
+        raise InputError(f"{name} {size!r}: expected a positive size such as 500MB, 2GB or a number of bytes")
     return int(value)
 
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from esjax.common.errors import EsjaxError
 from esjax import distributed
 from esjax.common.paths import inside, plain_name, read_json
 from esjax.models.config import ModelConfig, ModelConfigError, load_config
@@ -27,7 +28,7 @@ INDEX_FILE = "model.safetensors.index.json"
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(EsjaxError, ValueError):
     """A checkpoint that does not match its config; the message names the key."""
 
 

@@ -15,6 +15,8 @@ from typing import Any, Iterable, Iterator
 import ml_dtypes
 import numpy as np
 
+from esjax.common.errors import EsjaxError
+
 DTYPES = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
     "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
@@ -23,7 +25,7 @@ DTYPES = {
 _NAMES = {v: k for k, v in DTYPES.items()}
 
 
-class SafetensorsError(ValueError):
+class SafetensorsError(EsjaxError, ValueError):
     pass
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from esjax.common.errors import EsjaxError
 from esjax.distributed.mesh import MODEL_AXIS, axis_size
 from esjax.distributed.transfer import put_global
 from esjax.models.decoder import param_shapes
@@ -23,7 +24,7 @@ from esjax.models.decoder import param_shapes
 PyTree = Any
 
 
-class UnmatchedLeafError(ValueError):
+class UnmatchedLeafError(EsjaxError, ValueError):
     """A matrix of a tree to be split over a model axis that no partition rule names."""
 
 

@@ -36,7 +36,7 @@ class DamagedCheckpointError(EsjaxError, ValueError):
     """No checkpoint of the run restores; the message names the run directory and each step's damage."""
 
 
-class StateMismatchError(ValueError):
+class StateMismatchError(EsjaxError, ValueError):
     """A checkpoint whose state does not have the structure, shapes or dtypes the run's settings give."""
 
 

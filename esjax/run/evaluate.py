@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from esjax.common.errors import InputError
 from esjax.generation.inference import check_context
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import Params
@@ -40,7 +41,7 @@ class PromptSet:
     def __init__(self, task: Any, tokenizer: Any, examples: Sequence[dict], pad_token_id: int):
         self.examples = list(examples)
         if not self.examples:
-            raise ValueError(f"task {getattr(task, 'name', task)!r}: no examples to evaluate")
+            raise InputError(f"task {getattr(task, 'name', task)!r}: no examples to evaluate")
         ids = encode_prompts(tokenizer, [task.prompt(e) for e in self.examples])
         self.longest = max(map(len, ids))  # tokens of the longest prompt
         try:

@@ -18,10 +18,9 @@ import numpy as np
 from esjax import distributed
 from esjax.common.compile_cache import enable_compilation_cache
 from esjax.run.checkpoints import RunCheckpoints
-from esjax.es.step import ESMethod
 from esjax.run.evaluate import EvalResult, PromptSet, evaluate
-from esjax.grpo.step import GRPOMethod
 from esjax.generation.inference import check_context, sampling_for
+from esjax.methods import registry
 from esjax.methods.protocol import Batch, Method, ScoreFn
 from esjax.run.metrics import MetricsLogger
 from esjax.models import hub as models_hub
@@ -31,7 +30,8 @@ from esjax.models.sharding import param_shardings
 from esjax.run.resume import CONFIG_FILE, completed_iterations, record_changes, settings_changes
 from esjax.run.directory import RunDirError, discard_new_run_dir, prepare_run_dir_once, release_run_dir
 from esjax.run.scoring import score_rows
-from esjax.run.settings import RunSettings, TaskSettings, load_settings, resolve, to_dict
+from esjax.run.plan import plan_devices
+from esjax.run.settings import RunSettings, TaskSettings, load_settings, to_dict
 
 
 def resolve_model_path(path: str) -> Path:
@@ -81,8 +81,8 @@ def make_method(settings: RunSettings, model_config, tokenizer, mesh, params: Pa
     sampling = sampling_for(model_config, tokenizer, max_new_tokens=settings.sampling.max_new_tokens,
                             temperature=settings.sampling.temperature, top_p=settings.sampling.top_p,
                             top_k=settings.sampling.top_k)
-    method = ESMethod if settings.method == "es" else GRPOMethod
-    return method(settings.method_config, model_config, sampling, mesh, params, batch_shape)
+    build = registry.get(settings.method).build
+    return build(settings.method_config, model_config, sampling, mesh, params, batch_shape)
 
 
 class Run:
@@ -92,7 +92,6 @@ class Run:
                  log: Callable[[str], None] = print, changes: Mapping[str, tuple[Any, Any]] | None = None):
         """``changes``: on resume, how ``settings`` differ from the saved ones (:func:`esjax.run.resume.resume_settings`);
         recorded in the run directory once the saved state is restored."""
-        settings = settings if settings.mesh is not None else resolve(settings)
         self.settings, self.out_dir, self.progress = settings, Path(out_dir), progress
         self.changes = dict(changes or {})
         self.log = log if distributed.is_main_process() else (lambda _: None)
@@ -102,7 +101,7 @@ class Run:
         if resume:
             self._check_saved_settings()
         self.resume = resume
-        self.mesh = settings.mesh.build()
+        self.mesh = plan_devices(settings).build()  # here, from the settings a resumed run continues with
         # the config, tokenizer and tasks first: a run that would not fit is refused before any weight is read
         from esjax.generation.tokenizer import load_tokenizer
         from esjax.run.compile import model_files
@@ -254,12 +253,11 @@ class Run:
 
     def _report_plan(self) -> None:
         """The start-of-run report (:mod:`esjax.run.plan`): logged, and ``run_plan.json`` in the run directory."""
-        from esjax.es.population import members_at_once
         from esjax.run.plan import format_plan, plan_report
         s, shape = self.settings, self._batch_shape(self.stages[0])
         new_tokens = s.sampling.max_new_tokens
-        at_once = members_at_once(s.es, self.model.config, new_tokens, self.mesh, self.model.params, shape) \
-            if s.method == "es" else None
+        at_once = registry.get(s.method).decode_rows(s.method_config, self.model.config, new_tokens, self.mesh,
+                                                     self.model.params, shape)
         dtype = jax.tree.leaves(self.model.params)[0].dtype
         plan = plan_report(s.method, s.method_config, self.model.config, dtype, self.mesh, *shape, new_tokens, at_once)
         if self.memory_plan:  # the compiler's figure, as esjax plan prints it

@@ -1,12 +1,14 @@
-"""The start-of-run report: the devices, the mesh, the work and the memory of each device.
+"""The device plan and the start-of-run report: the devices, the mesh, the work and the memory of each device.
 
-Printed when a run starts and written to ``run_plan.json`` in the run directory. The memory estimate per device
-uses :mod:`esjax.run.memory` (the formulas of docs/scaling.md): the params, the fp32 master or the GRPO optimizer
-state, the perturbed member copies and the KV cache of one decode.
+:func:`plan_devices` makes the mesh plan when a run starts, from the settings after overrides (a resumed run may
+move to another device count). :func:`plan_report` is printed when a run starts and written to ``run_plan.json``
+in the run directory; its memory estimate per device is the method's (its :class:`~esjax.methods.registry.
+MethodSpec` ``plan``, with the formulas of :mod:`esjax.common.memory` and docs/scaling.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -14,10 +16,55 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from esjax import distributed
-from esjax.run import memory
+from esjax.methods import registry
 from esjax.models.config import ModelConfig
+from esjax.run.settings import RunSettings, SettingsError
 
 GiB = 1 << 30
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshPlan:
+    """The run's devices: ``devices`` on the method's axis (ES: members, GRPO: rollout rows) x ``model_parallel``
+    on the ``"model"`` axis (tensor parallel; the axis is left out when 1)."""
+
+    axis: str  # the method's axis (MethodSpec.axis): distributed.POPULATION_AXIS (ES), DATA_AXIS (GRPO)
+    devices: int
+    model_parallel: int = 1
+
+    def build(self) -> jax.sharding.Mesh:
+        model = [(distributed.MODEL_AXIS, self.model_parallel)] if self.model_parallel > 1 else []
+        return distributed.build_mesh([(self.axis, self.devices), *model])
+
+
+def plan_devices(settings: RunSettings, device_count: int | None = None) -> MeshPlan:
+    """Devices on the method's axis: ``train.devices``, or by default every one of the ``device_count /
+    train.model_parallel`` model groups (``device_count``: the visible devices). Either must split the method's
+    units (ES: members or antithetic pairs; GRPO: micro-batch rows) evenly; a default that would leave devices
+    idle is refused with the settings that fix it (a ``train.devices`` that divides them, or more units)."""
+    spec, train = registry.get(settings.method), settings.train
+    count = jax.device_count() if device_count is None else device_count
+    units, what = spec.units(settings.method_config, train.prompts_per_iteration)
+    groups, mp = max(1, count // train.model_parallel), train.model_parallel
+    if train.devices is not None:
+        if train.devices * mp > count:
+            raise SettingsError(f"train.devices={train.devices} x train.model_parallel={mp} needs "
+                                f"{train.devices * mp} devices but only {count} are visible")
+        if units % train.devices:
+            fits = max(d for d in range(1, min(groups, units) + 1) if units % d == 0)
+            raise SettingsError(f"{what} cannot be split evenly over train.devices={train.devices}: set "
+                                f"train.devices={fits} or {spec.grow_units(settings.method_config, train.prompts_per_iteration, train.devices)}")
+        return MeshPlan(spec.axis, train.devices, mp)
+    best = max(d for d in range(1, groups + 1) if units % d == 0)
+    if best * mp < count:
+        accept = f"set train.devices={best} (uses {best * mp} of {count})"
+        if best == groups:  # the model axis does not divide the devices
+            raise SettingsError(f"train.model_parallel={mp} leaves {count - groups * mp} of {count} devices idle: "
+                                f"{accept}, or a train.model_parallel that divides {count}")
+        over = f"{groups} devices" if mp == 1 else f"{groups} model groups of {mp} devices"
+        grow = spec.grow_units(settings.method_config, train.prompts_per_iteration, groups)
+        raise SettingsError(f"{what} cannot be split evenly over {over}: {accept} or {grow}")
+    return MeshPlan(spec.axis, best, mp)
 
 
 def device_summary() -> dict[str, Any]:
@@ -34,38 +81,22 @@ def plan_report(method: str, method_config: Any, model: ModelConfig, param_dtype
                 prompts: int, prompt_len: int, max_new_tokens: int, members_at_once: int | None = None) -> dict:
     """What each device of ``mesh`` does in one iteration and how much memory it needs (bytes).
 
-    ES: ``method_config`` is an ESConfig; members are split over the population axis, ``members_at_once`` decode
-    together (full rank; low rank decodes all of a device's members at once) over ``es.prompt_chunk`` prompts.
-    GRPO: a GRPOConfig; the prompts x num_generations rows are split over the data axis.
+    ``method`` names a registered method and ``method_config`` is its config; its description's ``plan`` adds the
+    work per device and the memory terms. ES: members are split over the population axis, ``members_at_once``
+    decode together (full rank; low rank decodes all of a device's members at once) over ``es.prompt_chunk``
+    prompts. GRPO: the prompts x num_generations rows are split over the data axis.
     """
-    axis = distributed.POPULATION_AXIS if method == "es" else distributed.DATA_AXIS
-    groups, mp = int(mesh.shape[axis]), distributed.axis_size(mesh, distributed.MODEL_AXIS)
-    dtype_bytes = jnp.dtype(param_dtype).itemsize
-    d = model.num_params()
-    kv_token = memory.kv_bytes_per_token(model.num_hidden_layers, model.num_key_value_heads, model.head_dim,
-                                         dtype_bytes)
-    seq = prompt_len + max_new_tokens
+    spec = registry.get(method)
+    groups, mp = int(mesh.shape[spec.axis]), distributed.axis_size(mesh, distributed.MODEL_AXIS)
     used = groups * mp
     plan: dict[str, Any] = {
         "method": method, "devices": device_summary(), "devices_used": used, "devices_idle": jax.device_count() - used,
-        "mesh": {str(k): int(v) for k, v in mesh.shape.items()}, "model_axis": mp, "params": d,
+        "mesh": {str(k): int(v) for k, v in mesh.shape.items()}, "model_axis": mp, "params": model.num_params(),
         "param_dtype": str(jnp.dtype(param_dtype)), "prompts_per_iteration": prompts, "prompt_len": prompt_len,
         "max_new_tokens": max_new_tokens}
-    if method == "es":
-        es = method_config
-        local = es.population_size // groups
-        at_once = local if es.noise == "lowrank" else (members_at_once or 1)
-        rows = min(prompts, es.prompt_chunk or prompts)
-        largest_leaf = max(model.vocab_size * model.hidden_size, model.hidden_size * model.intermediate_size)
-        estimate = memory.es_memory(d, largest_leaf, kv_token, model.num_key_value_heads, mp, at_once, rows, seq,
-                                    es.noise, dtype_bytes, es.master_fp32)
-        plan |= {"population": es.population_size, "members_per_device": local, "members_at_once": at_once,
-                 "prompts_per_decode": rows, "noise": es.noise}
-    else:
-        rows = prompts * method_config.num_generations
-        estimate = memory.grpo_memory(d, kv_token, model.num_key_value_heads, mp, rows // groups, seq, dtype_bytes)
-        plan |= {"rollout_rows": rows, "rows_per_device": rows // groups}
-    plan["memory_per_device_bytes"] = {k: int(v) for k, v in estimate.items()}
+    plan |= spec.plan(method_config, model, jnp.dtype(param_dtype).itemsize, groups, mp, prompts,
+                      prompt_len + max_new_tokens, members_at_once)
+    plan["memory_per_device_bytes"] = {k: int(v) for k, v in plan["memory_per_device_bytes"].items()}
     return plan
 
 
@@ -75,13 +106,7 @@ def format_plan(plan: dict) -> str:
     lines = [f"devices: {dev['count']} x {dev['kind']} ({dev['platform']}, {dev['processes']} process"
              f"{'es' if dev['processes'] > 1 else ''}); using {plan['devices_used']}"
              + (f", {plan['devices_idle']} idle" if plan["devices_idle"] else "") + f"; mesh {mesh}"]
-    if plan["method"] == "es":
-        lines.append(f"work: population {plan['population']} = {plan['members_per_device']} members per device "
-                     f"group, {plan['members_at_once']} decoded at once over {plan['prompts_per_decode']} prompts "
-                     f"({plan['noise']} rank), model axis {plan['model_axis']}")
-    else:
-        lines.append(f"work: {plan['rollout_rows']} rollout rows = {plan['rows_per_device']} per device group, "
-                     f"model axis {plan['model_axis']}")
+    lines.append(registry.get(plan["method"]).describe(plan))
     mem = plan["memory_per_device_bytes"]
     parts = ", ".join(f"{k} {_size(v)}" for k, v in mem.items() if k != "total" and v)
     have = dev["memory_bytes"]

@@ -4,7 +4,9 @@
 ``--set`` continues exactly that run. Given a CONFIG or ``--set`` (applied on top of the saved settings when there
 is no CONFIG), every difference from the saved settings is refused, naming each changed key, unless the user allows
 changes; growing the iteration budget (``train.iterations``, a stage's ``iterations``) is always allowed, and no
-budget may end before the iterations already done. Applied changes are appended to ``RUN/settings_history.jsonl``
+budget may end before the iterations already done. The device placement (``train.devices``,
+``train.model_parallel``) may change too: the run continues on the new devices (ES bitwise as an uninterrupted run
+on them; see docs/training.md). Applied changes are appended to ``RUN/settings_history.jsonl``
 with the iteration from which they take effect, and ``config.yaml`` is rewritten.
 """
 
@@ -16,14 +18,17 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from esjax.common.errors import EsjaxError
+from esjax.methods import registry
 from esjax.run.settings import RunSettings, TaskSettings, load_settings, save_settings, to_dict
 
 CONFIG_FILE = "config.yaml"
 HISTORY_FILE = "settings_history.jsonl"
 _BUDGET_KEYS = ("train.iterations",)  # plus every "...iterations" key of a task or stage
+PLACEMENT_KEYS = ("train.devices", "train.model_parallel")  # where the run computes, not what: free on resume
 
 
-class ResumeError(ValueError):
+class ResumeError(EsjaxError, ValueError):
     """A resume the saved run does not allow; the message names the run directory and the keys."""
 
 
@@ -82,7 +87,7 @@ def resume_settings(run_dir: str | Path, config: str | Path | None = None, overr
     """The settings to resume ``run_dir`` with, and how they differ from its saved ones.
 
     Raises :class:`ResumeError` when there is nothing to resume, when a setting other than the iteration budget
-    changes without ``allow_changes``, when the budget ends before the iterations already done, and when the saved
+    or the device placement changes without ``allow_changes``, when the budget ends before the iterations already done, and when the saved
     settings name a Python task file and neither CONFIG nor ``trust_task_files`` says to import it.
     """
     run_dir = Path(run_dir)
@@ -103,7 +108,7 @@ def resume_settings(run_dir: str | Path, config: str | Path | None = None, overr
                           f"before the {done} iterations this run has done")
     if any(_is_budget(k) for k in changes):
         _check_schedule_covers(run_dir, settings)
-    refused = {k: v for k, v in changes.items() if not _is_budget(k)}
+    refused = {k: v for k, v in changes.items() if not _is_budget(k) and k not in PLACEMENT_KEYS}
     if refused and not allow_changes:
         raise ResumeError(f"{run_dir}: these settings differ from the run's {CONFIG_FILE}: {_describe(refused)}; "
                           f"resume without CONFIG/--set, or pass --allow-changes to apply them (recorded in "
@@ -115,8 +120,9 @@ def _check_schedule_covers(run_dir: Path, settings: RunSettings) -> None:
     """A decaying step-size schedule saved with the run's old length must not end before a grown budget (the
     extra iterations would take steps of size 0)."""
     cfg, method = settings.method_config, settings.method
-    schedule = cfg.alpha_schedule if method == "es" else cfg.lr_schedule
-    steps = total_iterations(settings) * getattr(cfg, "num_iterations", 1)
+    spec = registry.get(method)
+    schedule = getattr(cfg, spec.schedule_key)
+    steps = total_iterations(settings) * spec.steps_per_iteration(cfg)
     if schedule != "constant" and cfg.total_steps is not None and cfg.total_steps < steps:
         raise ResumeError(f"{run_dir}: the {schedule} schedule ends at {method}.total_steps={cfg.total_steps}, "
                           f"before the new budget of {steps} steps; set {method}.total_steps too (--allow-changes)")

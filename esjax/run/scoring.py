@@ -7,8 +7,10 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
+from esjax.common.errors import EsjaxError
 
-class RewardError(RuntimeError):
+
+class RewardError(EsjaxError, RuntimeError):
     """A task's reward function raised; the run stops with this message (user code, not a crash of esjax)."""
 
 

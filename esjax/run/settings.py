@@ -1,10 +1,11 @@
 """Run settings: YAML files loaded into typed, validated dataclasses, with ``--set a.b=value`` overrides.
 
-:func:`load_settings` resolves everything once, before a run starts: the sections become typed dataclasses (the
-method's own :class:`~esjax.es.ESConfig` / :class:`~esjax.grpo.GRPOConfig`, with a decaying schedule's
-``total_steps`` filled in), every cross-section check runs (:func:`resolve`), and the devices are planned
-(:class:`MeshPlan`). Unknown keys and wrong types are errors naming the key and the file. The effective settings
-are saved in the run directory (``config.yaml``) so that a run can be resumed or repeated exactly.
+:func:`load_settings` resolves everything once: the sections become typed dataclasses (each registered method's
+config, :mod:`esjax.methods.registry`, with a decaying schedule's ``total_steps`` filled in) and every check that
+spans sections runs. Nothing here looks at the devices: the device plan is made when a run starts, from the
+settings after overrides (:func:`esjax.run.plan.plan_devices`), so saved settings load on any machine. Unknown keys
+and wrong types are errors naming the key and the file. The effective settings are saved in the run directory
+(``config.yaml``) so that a run can be resumed or repeated exactly.
 """
 
 from __future__ import annotations
@@ -15,13 +16,10 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Union
 
-import jax
 import yaml
 
-from esjax import distributed
 from esjax.common.files import write_text_atomic
-from esjax.es.config import ESConfig
-from esjax.grpo.config import GRPOConfig
+from esjax.methods import registry
 from esjax.run.settings_yaml import FieldError, SettingsError, apply_overrides, check_integers, parse_yaml
 
 
@@ -96,43 +94,35 @@ class TrainSettings:
                   keep_checkpoints=1, eval_batch_size=1, devices=1, model_parallel=1)
 
 
-@dataclasses.dataclass(frozen=True)
-class MeshPlan:
-    """The run's devices: ``devices`` on the method's axis (ES: members, GRPO: rollout rows) x ``model_parallel``
-    on the ``"model"`` axis (tensor parallel; the axis is left out when 1)."""
-
-    axis: str  # distributed.POPULATION_AXIS (ES) or distributed.DATA_AXIS (GRPO)
-    devices: int
-    model_parallel: int = 1
-
-    def build(self, devices: Any = None) -> jax.sharding.Mesh:
-        """The mesh over ``devices`` (default: every device; ``esjax plan`` passes a TPU topology's)."""
-        model = [(distributed.MODEL_AXIS, self.model_parallel)] if self.model_parallel > 1 else []
-        return distributed.build_mesh([(self.axis, self.devices), *model], devices)
-
-
-# A field derived from the others when the settings are resolved: neither read from nor written to config.yaml.
+# A field from_dict does not read: load_settings fills it in (to_dict writes it as the method sections).
 DERIVED = {"derived": True}
 
 
 @dataclasses.dataclass(frozen=True)
 class RunSettings:
-    method: Literal["es", "grpo"] = "es"
+    """Every setting of a run. Each registered method's config is an attribute named after it (``settings.es``,
+    ``settings.grpo``: the YAML sections of the same names); ``method_config`` is the one that trains."""
+
+    method: str = "es"  # a registered method (esjax.methods.registry): "es" or "grpo"
     model: ModelSettings = ModelSettings()
     task: TaskSettings | None = None  # one task, or
     stages: tuple[TaskSettings, ...] = ()  # a continual sequence of tasks, trained in order
     sampling: SamplingSettings = SamplingSettings()
     train: TrainSettings = TrainSettings()
-    es: ESConfig = ESConfig()  # used when method is "es"
-    grpo: GRPOConfig = GRPOConfig()  # used when method is "grpo"
-    mesh: MeshPlan | None = dataclasses.field(default=None, compare=False, metadata=DERIVED)  # set by resolve()
+    configs: dict = dataclasses.field(default_factory=dict, metadata=DERIVED)  # {method name: its config}
+
+    def __getattr__(self, name: str) -> Any:  # settings.es, settings.grpo, ...: the method sections
+        configs = self.__dict__.get("configs", {})
+        if name in configs:
+            return configs[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     def task_stages(self) -> tuple[TaskSettings, ...]:
         return self.stages or (self.task or TaskSettings(),)
 
     @property
-    def method_config(self) -> ESConfig | GRPOConfig:
-        return self.es if self.method == "es" else self.grpo
+    def method_config(self) -> Any:
+        return self.configs[self.method]
 
 
 def _fields(cls: type) -> list[dataclasses.Field]:
@@ -145,11 +135,6 @@ def _check(value: Any, hint: Any, key: str, where: str) -> Any:
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise SettingsError(f"{where}: '{key}' must be a mapping, got {value!r}")
-        if hint in (ESConfig, GRPOConfig):  # their own from_dict checks the keys, __post_init__ the values
-            try:
-                return hint.from_dict(value)
-            except (TypeError, ValueError) as e:
-                raise SettingsError(f"{where}: {key}: {e}") from None
         return from_dict(hint, value, where, prefix=f"{key}.")
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
@@ -195,8 +180,10 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "<settings>", prefix
 
 
 def to_dict(settings: Any) -> Any:
-    if isinstance(settings, (ESConfig, GRPOConfig)):
-        return settings.to_dict()
+    """Plain data (the YAML of ``config.yaml``): dataclasses as dicts, a method's config as its own ``to_dict``."""
+    if isinstance(settings, RunSettings):
+        sections = {f.name: to_dict(getattr(settings, f.name)) for f in _fields(RunSettings)}
+        return sections | {name: config.to_dict() for name, config in settings.configs.items()}
     if dataclasses.is_dataclass(settings):
         return {f.name: to_dict(getattr(settings, f.name)) for f in _fields(type(settings))}
     if isinstance(settings, (list, tuple)):
@@ -204,10 +191,9 @@ def to_dict(settings: Any) -> Any:
     return settings
 
 
-def load_settings(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
-                  device_count: int | None = None) -> RunSettings:
-    """Read a YAML run config (None: defaults), apply ``--set`` overrides, validate; the mesh is planned for
-    ``device_count`` devices (default: the visible ones; ``esjax plan`` passes a target's)."""
+def load_settings(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunSettings:
+    """Read a YAML run config (None: defaults), apply ``--set`` overrides, validate (without looking at the
+    devices: :func:`esjax.run.plan.plan_devices` plans them for a run)."""
     where = str(path) if path else "<defaults>"
     data: dict[str, Any] = {}
     if path is not None:
@@ -222,88 +208,40 @@ def load_settings(path: str | Path | None, overrides: list[str] | tuple[str, ...
             raise SettingsError(f"{path}: the top level must be a mapping")
     data = apply_overrides(data, overrides)
     check_integers(data, where)
-    sections = {k: v for k, v in data.items() if k not in ("es", "grpo")}
-    settings = from_dict(RunSettings, sections, where)
-    steps = {"es": settings.train.iterations, "grpo": settings.train.iterations}
-    methods = {}
-    for name, schedule in (("es", "alpha_schedule"), ("grpo", "lr_schedule")):
-        section = data.get(name) or {}
-        if name == "grpo" and isinstance(section, dict) and isinstance(section.get("num_iterations", 1), int):
-            steps[name] *= section.get("num_iterations", 1)  # GRPO's schedule counts optimizer steps
-        methods[name] = _check(_with_total_steps(section, schedule, steps[name]), _METHOD_CONFIGS[name], name, where)
-    return resolve(dataclasses.replace(settings, **methods), where, device_count)
+    names = registry.names()
+    settings = from_dict(RunSettings, {k: v for k, v in data.items() if k not in names}, where)
+    if settings.method not in names:
+        raise SettingsError(f"{where}: 'method' must be one of {', '.join(map(repr, names))}, got "
+                            f"{settings.method!r}")
+    configs = {name: _method_config(registry.get(name), data.get(name), settings.train.iterations, where)
+               for name in names}
+    return _check_sections(dataclasses.replace(settings, configs=configs), where)
 
 
-_METHOD_CONFIGS = {"es": ESConfig, "grpo": GRPOConfig}
+def _method_config(spec: registry.MethodSpec, section: Any, iterations: int, where: str) -> Any:
+    """A method's config from its section; a decaying schedule without ``total_steps`` ends with the run's last
+    optimizer step (``iterations`` x the method's steps per iteration)."""
+    section = {} if section is None else section
+    if not isinstance(section, dict):
+        raise SettingsError(f"{where}: '{spec.name}' must be a mapping, got {section!r}")
+    try:
+        if section.get(spec.schedule_key, "constant") != "constant" and section.get("total_steps") is None:
+            steps = spec.steps_per_iteration(spec.config_class.from_dict({**section, spec.schedule_key: "constant"}))
+            section = {**section, "total_steps": iterations * steps}
+        return spec.config_class.from_dict(section)
+    except (TypeError, ValueError) as e:  # their from_dict checks the keys, the constructor the values
+        raise SettingsError(f"{where}: {spec.name}: {e}") from None
 
 
-def _with_total_steps(section: Any, schedule_key: str, steps: int) -> Any:
-    """A decaying schedule without ``total_steps`` ends with the run's last update."""
-    if not isinstance(section, dict) or section.get(schedule_key, "constant") == "constant" \
-            or section.get("total_steps") is not None:
-        return section
-    return {**section, "total_steps": steps}
-
-
-def resolve(settings: RunSettings, where: str = "<settings>", device_count: int | None = None) -> RunSettings:
-    """The checks that span sections, and the mesh plan for ``device_count`` devices (default: the visible ones):
-    ``settings`` with ``mesh`` set (run before training)."""
+def _check_sections(settings: RunSettings, where: str) -> RunSettings:
+    """The checks that span sections (none needs the devices); returns ``settings``."""
     if settings.task is not None and settings.stages:
         raise SettingsError(f"{where}: give either 'task' or 'stages', not both")
-    train = settings.train
-    count = jax.device_count() if device_count is None else device_count
-    plan = plan_mesh(settings, where, count)
-    if plan.devices * plan.model_parallel > count:
-        raise SettingsError(f"{where}: train.devices={plan.devices} x train.model_parallel={plan.model_parallel} "
-                            f"needs {plan.devices * plan.model_parallel} devices but only {count} "
-                            f"are visible")
     try:
-        if settings.method == "es":
-            settings.es.validate(plan.devices)
-        else:
-            settings.grpo.validate(plan.devices, train.prompts_per_iteration * settings.grpo.num_generations)
+        registry.get(settings.method).check(settings.method_config, settings)
     except ValueError as e:
-        raise SettingsError(f"{where}: {settings.method}: {e}") from None
-    return dataclasses.replace(settings, mesh=plan)
-
-
-def plan_mesh(settings: RunSettings, where: str = "<settings>", device_count: int | None = None) -> MeshPlan:
-    """Devices on the population (ES) / data (GRPO) axis: ``train.devices``, or by default every one of the
-    ``device_count / train.model_parallel`` model groups, which must split the population (ES: N, or N/2
-    antithetic pairs; GRPO: the rollout batch) evenly: a split that would leave devices idle is refused with
-    the settings that fix it (a ``train.devices`` that divides it, or a population / batch that uses them all)."""
-    train = settings.train
-    axis = distributed.POPULATION_AXIS if settings.method == "es" else distributed.DATA_AXIS
-    if train.devices is not None:
-        return MeshPlan(axis, train.devices, train.model_parallel)
-    count = jax.device_count() if device_count is None else device_count
-    groups = max(1, count // train.model_parallel)
-    if settings.method == "es":
-        units = settings.es.population_size // (2 if settings.es.antithetic else 1)
-    else:
-        units = train.prompts_per_iteration * settings.grpo.num_generations
-    best = max(d for d in range(1, groups + 1) if units % d == 0)
-    if best * train.model_parallel < count:
-        raise SettingsError(f"{where}: {_idle_devices(settings, best, groups, count)}")
-    return MeshPlan(axis, best, train.model_parallel)
-
-
-def _idle_devices(settings: RunSettings, best: int, groups: int, count: int) -> str:
-    """Why the default mesh would leave devices idle, and the settings that fix it."""
-    mp = settings.train.model_parallel
-    accept = f"set train.devices={best} (uses {best * mp} of {count})"
-    if best == groups:  # the model axis does not divide the devices
-        return f"train.model_parallel={mp} leaves {count - groups * mp} of {count} devices idle: {accept}, or a " \
-               f"train.model_parallel that divides {count}"
-    over = f"{groups} devices" if mp == 1 else f"{groups} model groups of {mp} devices"
-    if settings.method == "es":
-        n, step = settings.es.population_size, groups * (2 if settings.es.antithetic else 1)
-        what = f"population {n} = {n // 2} antithetic pairs" if settings.es.antithetic else f"population {n}"
-        return f"{what} does not split over {over}: {accept} or es.population_size={-(-n // step) * step}"
-    g, prompts = settings.grpo.num_generations, settings.train.prompts_per_iteration
-    fit = next(p for p in range(prompts, prompts + groups + 1) if p * g % groups == 0)
-    return f"{prompts * g} rollout rows (train.prompts_per_iteration {prompts} x grpo.num_generations {g}) do not " \
-           f"split over {over}: {accept} or train.prompts_per_iteration={fit}"
+        raise SettingsError(f"{where}: {e}") from None
+    return settings
 
 
 def save_settings(settings: RunSettings, path: str | Path) -> None:

@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from esjax.common.errors import EsjaxError
+
 
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 reads ``1e-3`` as a string; hyperparameters are written that way, so accept it as a float."""
@@ -20,7 +22,7 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
-class SettingsError(ValueError):
+class SettingsError(EsjaxError, ValueError):
     """A bad setting; the message names the key (and the file)."""
 
 

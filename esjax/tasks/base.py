@@ -17,17 +17,18 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from esjax.common.errors import EsjaxError
 from esjax.generation.prompts import render
 
 Example = dict[str, Any]
 Messages = list[dict[str, str]]
 
 
-class TaskDataError(ValueError):
+class TaskDataError(EsjaxError, ValueError):
     """Bad task data: a malformed record (the message names the file and line), an empty split, a bad option."""
 
 
-class UnknownTaskError(KeyError, ValueError):
+class UnknownTaskError(EsjaxError, KeyError, ValueError):
     """An unknown task or split name; the message lists the known ones."""
 
     def __str__(self) -> str:  # KeyError would print the repr of the message
