@@ -34,7 +34,8 @@ from esjax import tasks  # noqa: E402
 from esjax.analysis import analyze as an  # noqa: E402
 from esjax.analysis.report import write_report  # noqa: E402
 from esjax.run.settings import load_settings  # noqa: E402
-from esjax.run.loop import load_task, train  # noqa: E402
+from esjax.run.loop import train  # noqa: E402
+from esjax.run.stages import load_task  # noqa: E402
 
 ON, OFF = "countdown_procedural", "conciseness"
 

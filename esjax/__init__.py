@@ -1,9 +1,10 @@
 """esjax: Evolution Strategies (and a matching GRPO baseline) for full-parameter LLM fine-tuning in JAX.
 
-Layers, bottom to top: ``common``; ``es`` and ``grpo`` (the methods' formulas and one step each), ``models`` and
-``generation`` (the decoder, Hugging Face in/out, KV-cache sampling), ``distributed`` (processes and meshes),
-``methods`` (the protocol the loop drives), ``tasks``; ``run`` (settings, the loop, checkpoints, evaluation);
-``analysis``; ``cli``. The most used entry points are re-exported here and load on first use::
+Layers, bottom to top: ``common``; ``distributed`` (processes and meshes); ``es`` and ``grpo`` (the methods'
+formulas); ``models`` and ``generation`` (the decoder, Hugging Face in/out, KV-cache sampling); one step of each
+method and ``methods`` (the protocol the loop drives, the registry of method descriptions); ``tasks``; ``run``
+(settings, the loop, checkpoints, evaluation); ``analysis``; ``cli`` (docs/architecture.md). The most used entry
+points are re-exported here and load on first use::
 
     settings = esjax.load_settings("configs/tiny_es_full.yaml", overrides=["train.iterations=5"])
     summary = esjax.train(settings, "runs/tiny")

@@ -66,7 +66,7 @@ def test_full_rank_chunking_matches_unchunked():
 
 def test_population_must_divide_devices():
     sampling = SamplingConfig(max_new_tokens=4)
-    with pytest.raises(ValueError, match="multiple"):
+    with pytest.raises(ValueError, match="6 members does not split evenly over 4 devices"):
         make_rollout(ESConfig(population_size=6), CONFIG, sampling, population_mesh(jax.devices()[:4]), PARAMS,
                      TOKENS.shape)
     with pytest.raises(ValueError, match="antithetic|pair"):
@@ -100,6 +100,8 @@ def test_es_step_applies_the_update_to_the_scored_fitness(group_baseline):
                          per_prompt.mean(axis=1) if group_baseline else per_prompt)
     assert not np.allclose(state.params["embed_tokens"]["embedding"], other["embed_tokens"]["embedding"])
     assert result.metrics["es/alpha"] == pytest.approx(0.01)
+    assert result.reward_mean == pytest.approx(scored[0].mean(), rel=1e-6)  # the shared rollout statistics
+    assert result.accuracy == np.mean(scored[0] > 1) and result.stats.nonfinite_rewards == 0
 
 
 @pytest.mark.parametrize("noise, temperature", [("full", 0.0), pytest.param("lowrank", 1.0, marks=pytest.mark.slow)])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from esjax.grpo import (GRPOConfig, build_batch, completion_logps, data_mesh, grpo_loss, grpo_step, init_state,
-                        make_schedule, make_runner, reward_metrics, train_on_rollout)
+                        make_schedule, make_runner, frac_reward_zero_std, train_on_rollout)
 from esjax.models import config_from_hf, init_params
 from esjax.generation.sampling import SamplingConfig
 
@@ -99,10 +99,9 @@ def test_schedule_warmup_then_cosine():
     np.testing.assert_allclose([schedule(s) for s in (0, 2, 4, 8, 12)], [0, 0.5, 1, 0.5, 0], atol=1e-6)
 
 
-def test_reward_metrics_count_failures():
-    m = reward_metrics(np.array([1, 1, np.nan, 0, 1, 0, np.nan, np.nan], np.float32), group_size=2)
-    assert m["nonfinite_rewards"] == 3 and m["reward_mean"] == 0.6
-    assert m["frac_reward_zero_std"] == 0.75  # [1, 1], [nan, 0] (one valid) and [nan, nan] are flat
+def test_flat_groups_count_failed_rewards_out():
+    rewards = np.array([1, 1, np.nan, 0, 1, 0, np.nan, np.nan], np.float32)
+    assert frac_reward_zero_std(rewards, group_size=2) == 0.75  # [1, 1], [nan, 0] (one valid), [nan, nan] are flat
 
 
 def test_gradient_matches_finite_differences():
@@ -249,8 +248,10 @@ def test_learns_first_token_reward():
         state, result = grpo_step(runner, state, prompts, np.ones_like(prompts), score)
         history.append(result.reward_mean)
         assert result.accuracy == pytest.approx(result.reward_mean)  # reward 1 exactly when correct
-    assert set(result.metrics) >= {f"grpo/{k}" for k in ("completion_length", "loss", "grad_norm", "entropy", "lr",
-                                                         "clip_ratio", "nonfinite_rewards")}
+    assert set(result.metrics) >= {f"grpo/{k}" for k in ("loss", "grad_norm", "entropy", "lr", "clip_ratio",
+                                                         "frac_reward_zero_std")}
+    assert result.stats.nonfinite_rewards == 0 and 1 <= result.stats.completion_length <= 3  # shared names
+    assert set(result.record()) >= {"reward_mean", "accuracy", "completion_length", "truncated_fraction"}
     assert np.array_equal(seen[0], np.repeat(np.arange(4), 8))  # row r answers prompt r // G
     assert history[0] < 0.2 and np.mean(history[-5:]) > 0.6
     assert int(state.step) == 25 and int(state.iteration) == 25

@@ -69,7 +69,7 @@ def test_resume_settings_rules(tmp_path):
 
 
 def test_the_library_refuses_undeclared_changes_on_resume(tmp_path):
-    from esjax.run.loop import RunDirError
+    from esjax.run.directory import RunDirError
     run = fake_run(tmp_path, ["es.sigma=0.01", "train.devices=1", "model.path=/nonexistent"], done=2)
     with pytest.raises(RunDirError, match=r"differ from the run's config.yaml in es.sigma, train.seed; resume with"):
         train(load_settings(run / "config.yaml", ["es.sigma=0.02", "train.seed=1"]), run, resume=True)

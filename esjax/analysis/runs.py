@@ -18,7 +18,7 @@ import numpy as np
 from esjax.common.errors import InputError
 from esjax.es import ESConfig, trainable_mask
 from esjax.run.settings import RunSettings, TaskSettings, load_settings
-from esjax.run.loop import load_task, resolve_model_path
+from esjax.run.stages import load_task, resolve_model_path
 
 _STAGE = re.compile(r"(\d+)-(.+)")
 

@@ -136,7 +136,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from esjax.run.evaluate import PromptSet, evaluate
     from esjax.generation.inference import sampling_for
     from esjax.generation.tokenizer import load_tokenizer
-    from esjax.run.loop import resolve_model_path
+    from esjax.run.stages import resolve_model_path
     model = _load(str(resolve_model_path(args.model)), args.dtype)
     if model.tokenizer_dir is None:
         raise UsageError(f"{args.model}: no tokenizer files next to the model")

@@ -16,6 +16,7 @@ from esjax.es.config import ESConfig
 from esjax.es.population import Rollout, make_rollout
 from esjax.es.update import ESState, init_state, update_state
 from esjax.methods.protocol import Batch, ScoreFn, StepResult
+from esjax.methods.stats import RolloutStats, row_sums
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import Params
 from esjax.models.sharding import tree_shardings
@@ -82,23 +83,19 @@ def es_step(runner: ESRunner, state: ESState, tokens: np.ndarray, mask: np.ndarr
     rewards, correct = score_fn(gen_tokens.reshape(m * batch, -1), lengths.reshape(-1), finished.reshape(-1),
                                 np.tile(np.arange(batch), m))
     rewards = np.asarray(rewards, np.float32).reshape(m, batch)
-    finite = np.isfinite(rewards)
-    clean = np.where(finite, rewards, 0.0).astype(np.float64)
-    stats = np.stack([rewards.mean(axis=1).astype(np.float64), clean.sum(1), (clean ** 2).sum(1), finite.sum(1),
-                      np.asarray(correct).reshape(m, batch).sum(1), lengths.reshape(m, batch).sum(1)], axis=1)
-    stats = distributed.gather_rows(members, stats, n)  # [N, 6]: the only host-to-host traffic
+    sums = row_sums(rewards, np.asarray(correct).reshape(m, batch), lengths.reshape(m, batch),
+                    finished.reshape(m, batch))
+    local = np.concatenate([rewards.mean(axis=1).astype(np.float64)[:, None], sums], axis=1)
+    table = distributed.gather_rows(members, local, n)  # [N, 1 + len(SUMS)]: the only host-to-host traffic
     # group_baseline shapes per-prompt scores [N, B] (each prompt z-scored across members); else fitness is [N]
     fitness = (distributed.gather_rows(members, rewards, n) if runner.config.group_baseline
-               else stats[:, 0]).astype(np.float32)
+               else table[:, 0]).astype(np.float32)
     t2 = time.perf_counter()
     state, metrics = runner.update(state, distributed.replicate(fitness, mesh))
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     t3 = time.perf_counter()
-    count, rows = stats[:, 3].sum(), n * batch
-    mean = stats[:, 1].sum() / count if count else float("nan")
-    std = float(np.sqrt(max(stats[:, 2].sum() / count - mean ** 2, 0.0))) if count else float("nan")
-    return state, StepResult(float(mean), std, float(stats[:, 4].sum() / rows), {
-        "completion_length": float(stats[:, 5].sum() / rows), **{f"es/{k}": v for k, v in metrics.items()},
+    return state, StepResult(RolloutStats.from_sums(table[:, 1:]), {
+        **{f"es/{k}": v for k, v in metrics.items()},
         "time/rollout_s": t1 - t0, "time/score_s": t2 - t1, "time/update_s": t3 - t2})
 
 

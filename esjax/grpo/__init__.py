@@ -7,7 +7,7 @@ from esjax.grpo.config import GRPOConfig
 from esjax.grpo.logprobs import token_logps
 from esjax.grpo.losses import completion_mask, policy_loss
 from esjax.grpo.step import (DATA_AXIS, GRPOMethod, GRPORunner, data_mesh, grpo_init, grpo_step, make_runner,
-                             reward_metrics, rollout)
+                             frac_reward_zero_std, rollout)
 from esjax.grpo.update import (GRPOState, RolloutBatch, build_batch, completion_logps, grpo_loss, init_state,
                                make_optimizer, make_schedule, sample_key, train_on_rollout)
 
@@ -15,5 +15,5 @@ __all__ = [
     "completion_mask", "group_advantages", "policy_loss", "token_logps",
     "DATA_AXIS", "GRPOConfig", "GRPOMethod", "GRPOState", "GRPORunner", "RolloutBatch", "build_batch",
     "completion_logps", "data_mesh", "grpo_init", "grpo_loss", "grpo_step", "init_state", "make_optimizer", "make_schedule",
-    "make_runner", "reward_metrics", "rollout", "sample_key", "train_on_rollout",
+    "make_runner", "frac_reward_zero_std", "rollout", "sample_key", "train_on_rollout",
 ]

@@ -29,6 +29,7 @@ from esjax.distributed.mesh import DATA_AXIS, MODEL_AXIS
 from esjax.grpo.config import GRPOConfig
 from esjax.grpo.update import GRPOState, init_state, sample_key, train_on_rollout
 from esjax.methods.protocol import Batch, ScoreFn, StepResult
+from esjax.methods.stats import RolloutStats, row_sums
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import Params, param_shapes
 from esjax.models.sharding import tree_shardings
@@ -143,18 +144,13 @@ def train_program(config: GRPOConfig, model_config: ModelConfig, sampling: Sampl
                    compiler_options=compiler_options)
 
 
-def reward_metrics(rewards: np.ndarray, group_size: int) -> dict[str, float]:
-    """Host statistics of float rewards [K] (NaN = failed): mean, std (ddof=0), failures, flat groups."""
-    rewards = np.asarray(rewards, np.float64)
-    finite = np.isfinite(rewards)
-    groups = np.where(finite, rewards, np.nan).reshape(-1, group_size)
+def frac_reward_zero_std(rewards: np.ndarray, group_size: int) -> float:
+    """Fraction of the groups of float rewards [K] (NaN = failed) whose finite rewards are all equal (advantage 0)."""
+    groups = np.where(np.isfinite(rewards), rewards, np.nan).astype(np.float64).reshape(-1, group_size)
     with warnings.catch_warnings():  # all-NaN groups
         warnings.simplefilter("ignore", RuntimeWarning)
         flat = np.nan_to_num(np.nanstd(groups, axis=1), nan=0.0) == 0
-    return {"reward_mean": float(np.mean(rewards[finite])) if finite.any() else float("nan"),
-            "reward_std": float(np.std(rewards[finite])) if finite.any() else float("nan"),
-            "nonfinite_rewards": float((~finite).sum()),
-            "frac_reward_zero_std": float(flat.mean())}
+    return float(flat.mean())
 
 
 def grpo_step(runner: GRPORunner, state: GRPOState, tokens: Any, mask: Any,
@@ -168,9 +164,9 @@ def grpo_step(runner: GRPORunner, state: GRPOState, tokens: Any, mask: Any,
             one process); row ``r`` of the rollout answers prompt ``r // G``.
 
     Returns:
-        ``(state, result)``: the donated-and-updated state and the step's :class:`StepResult`; its metrics are
-        ``grpo/``: nonfinite_rewards, frac_reward_zero_std, completion_length (mean tokens incl. EOS),
-        truncated_fraction, and the means over the optimizer steps of :func:`train_on_rollout`'s metrics.
+        ``(state, result)``: the donated-and-updated state and the step's :class:`StepResult`: the shared
+        :class:`~esjax.methods.stats.RolloutStats`, and under ``grpo/`` frac_reward_zero_std and the means over
+        the optimizer steps of :func:`train_on_rollout`'s metrics.
     """
     g = runner.config.num_generations
     rows_tokens, rows_mask = np.repeat(tokens, g, axis=0), np.repeat(mask, g, axis=0)
@@ -180,17 +176,14 @@ def grpo_step(runner: GRPORunner, state: GRPOState, tokens: Any, mask: Any,
     rewards = np.asarray(rewards, np.float32).reshape(-1)
     if rewards.shape != (completions.shape[0],):
         raise ValueError(f"score must return {completions.shape[0]} rewards, got shape {rewards.shape}.")
-    local = np.stack([rewards, lengths, finished, np.asarray(correct, bool).reshape(-1)], axis=1)
-    table = distributed.gather_rows(rows, local.astype(np.float32), out.tokens.shape[0])  # [K, 4]
-    rewards = np.where(np.isfinite(table[:, 0]), table[:, 0], np.nan).astype(np.float32)  # +-inf: failed too
+    column = lambda x: np.asarray(x).reshape(-1, 1)  # noqa: E731  one group per row
+    sums = row_sums(column(rewards), column(correct), column(lengths), column(finished))
+    table = distributed.gather_rows(rows, sums, out.tokens.shape[0])  # [K, len(SUMS)]
+    rewards = np.where(table[:, 1] > 0, table[:, 2], np.nan).astype(np.float32)  # +-inf: failed too
     state, device_metrics = runner.train(state, rows_tokens, rows_mask, out.tokens, rewards)
-    metrics = reward_metrics(rewards, g)
-    reward_mean, reward_std = metrics.pop("reward_mean"), metrics.pop("reward_std")
-    metrics |= {"completion_length": float(table[:, 1].mean()), "truncated_fraction": float(1 - table[:, 2].mean())}
+    metrics = {"frac_reward_zero_std": frac_reward_zero_std(rewards, g)}
     metrics |= {k: float(np.mean(distributed.to_host(v))) for k, v in device_metrics.items()}
-    accuracy = np.count_nonzero(table[:, 3]) / table.shape[0]
-    return state, StepResult(reward_mean, reward_std, float(accuracy),
-                             {f"grpo/{k}": v for k, v in metrics.items()})
+    return state, StepResult(RolloutStats.from_sums(table), {f"grpo/{k}": v for k, v in metrics.items()})
 
 
 def grpo_init(runner: GRPORunner, params: Params, run_key: Array) -> GRPOState:

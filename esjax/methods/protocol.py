@@ -18,6 +18,7 @@ from typing import Any, Callable, NamedTuple, Protocol, TypeVar
 import jax
 import numpy as np
 
+from esjax.methods.stats import RolloutStats
 from esjax.models.decoder import Params
 
 # score(tokens int32 [R, T], lengths int32 [R], finished bool [R], prompt int [R]) -> (rewards, correct):
@@ -36,17 +37,26 @@ class Batch(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class StepResult:
-    """What one step reports: the reward statistics every method has, and the method's own metrics."""
+    """What one step reports: the rollout statistics every method has (same names), and the method's own metrics."""
 
-    reward_mean: float  # mean finite reward over every completion of the step
-    reward_std: float
-    accuracy: float  # fraction of completions the task counts as correct
-    metrics: dict[str, float]  # e.g. "es/update_norm", "grpo/loss", "time/rollout_s"
+    stats: RolloutStats
+    metrics: dict[str, float]  # prefixed by the method's name ("es/update_norm", "grpo/loss") or "time/"
+
+    @property
+    def reward_mean(self) -> float:
+        return self.stats.reward_mean
+
+    @property
+    def reward_std(self) -> float:
+        return self.stats.reward_std
+
+    @property
+    def accuracy(self) -> float:
+        return self.stats.accuracy
 
     def record(self) -> dict[str, float]:
         """One flat dict, as written to ``metrics.jsonl``."""
-        return {"reward_mean": self.reward_mean, "reward_std": self.reward_std, "accuracy": self.accuracy,
-                **self.metrics}
+        return self.stats.record() | self.metrics
 
 
 class Method(Protocol[State]):

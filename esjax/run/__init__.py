@@ -1,10 +1,12 @@
 """A training or evaluation run, above the methods and tasks:
 
-    settings, settings_yaml   YAML + ``--set`` overrides -> a typed, checked ``RunSettings``
-    plan, memory              the start-of-run report: devices, mesh, work and memory per device
+    settings, settings_yaml   YAML + ``--set`` overrides -> a typed, checked ``RunSettings`` (no devices)
+    plan                      the device plan made when a run starts; the report: devices, mesh, work, memory
     directory, resume         the run directory (new or resumed) and what a resume may change
-    loop                      ``train`` / ``Run``: the stages, the iterations, evaluation, checkpoints
-    checkpoints, metrics      orbax checkpoints of the state; ``metrics.jsonl`` + TensorBoard
+    setup, stages             starting a run (model, tokenizer, run directory); stages, prompts, batches
+    loop                      ``train`` / ``Run``: the iterations of every stage
+    stage_eval, finish        evaluation during a run, accuracy matrices; stage models, plots, summary
+    checkpoints, metrics      orbax checkpoints of the state; ``metrics.jsonl`` (appended) + TensorBoard
     plots                     the run's PNGs
     scoring, evaluate         decoding and scoring completions; greedy evaluation of a split
     embedded                  the packaged tiny model and its task (the demo's)
@@ -19,6 +21,7 @@ from typing import Any
 
 _EXPORTS = {
     "RunSettings": "settings", "load_settings": "settings", "SettingsError": "settings_yaml",
+    "MeshPlan": "plan", "plan_devices": "plan",
     "Run": "loop", "train": "loop", "evaluate": "evaluate", "EvalResult": "evaluate", "PromptSet": "evaluate",
     "RunCheckpoints": "checkpoints", "load_embedded": "embedded", "embedded_task": "embedded",
 }

@@ -157,10 +157,15 @@ def _record_ok(r: Any) -> bool:
 
 
 def _check_meta(meta: Any, step: int) -> None:
-    """A checkpoint's metadata: an object whose iteration is ``step``, with its metrics records (numbers) and the
-    accuracy matrices (split -> rows of numbers)."""
-    ok = (isinstance(meta, dict) and meta.get("iteration") == step and isinstance(meta.get("metrics"), list)
-          and all(map(_record_ok, meta["metrics"])) and isinstance(meta.get("matrices"), dict)
+    """A checkpoint's metadata: an object whose iteration is ``step``, with its count of metrics lines (``metrics``,
+    the records themselves (numbers), in checkpoints written before) and the accuracy matrices (split -> rows of
+    numbers)."""
+    lines = meta.get("metrics_lines") if isinstance(meta, dict) else None
+    records = meta.get("metrics") if isinstance(meta, dict) else None
+    ok = (isinstance(meta, dict) and meta.get("iteration") == step
+          and (isinstance(lines, int) and not isinstance(lines, bool) and lines >= 0 if "metrics_lines" in meta
+               else isinstance(records, list) and all(map(_record_ok, records)))
+          and isinstance(meta.get("matrices"), dict)
           and all(isinstance(rows, list) and all(isinstance(row, list) and all(map(_number, row)) for row in rows)
                   for rows in meta["matrices"].values()))
     if not ok:

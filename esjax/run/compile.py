@@ -27,7 +27,8 @@ from esjax.generation.sampling import SamplingConfig, generate_jit
 from esjax.models.config import ModelConfig, config_from_hf, load_config
 from esjax.models.decoder import param_shapes
 from esjax.models.sharding import param_shardings, tree_shardings
-from esjax.run.memory import kv_bytes_per_token
+from esjax.common.memory import kv_bytes_per_token
+from esjax.distributed.mesh import POPULATION_AXIS
 from esjax.run.settings import RunSettings
 from esjax.run.topology import PlanError, Target
 
@@ -138,12 +139,12 @@ def members_guess(settings: RunSettings, model: ModelConfig, dtype: Any, target:
     members whose copies and KV cache fill at most 80% of it); the compile then checks it."""
     from esjax.es.population import members_at_once
     es, batch = settings.es, settings.train.prompts_per_iteration
-    local = es.population_size // settings.mesh.devices
+    local = es.population_size // mesh.shape[POPULATION_AXIS]
     if not target.deviceless or es.noise == "lowrank" or es.population_chunk != "auto":
         return members_at_once(es, model, settings.sampling.max_new_tokens, mesh, param_shapes(model, dtype),
                                (batch, prompt_len))
     size = jnp.dtype(dtype).itemsize
-    weights = model.num_params() * size // settings.mesh.model_parallel
+    weights = model.num_params() * size // settings.train.model_parallel
     rows = min(batch, es.prompt_chunk or batch)
     kv = rows * (prompt_len + settings.sampling.max_new_tokens) * kv_bytes_per_token(
         model.num_hidden_layers, model.num_key_value_heads, model.head_dim, size)
@@ -178,7 +179,7 @@ def build_programs(settings: RunSettings, model: ModelConfig, dtype: Any, mesh: 
         from esjax.grpo.step import make_runner, train_program
         from esjax.grpo.update import init_state
         from esjax.distributed.mesh import DATA_AXIS
-        grpo = settings.grpo.validate(settings.mesh.devices, batch * settings.grpo.num_generations)
+        grpo = settings.grpo.check_devices(mesh.shape[DATA_AXIS], batch * settings.grpo.num_generations)
         sampling = sampling_of(settings, model)
         runner = make_runner(grpo, model, sampling, mesh)
         state = jax.eval_shape(lambda p: init_state(grpo, p, jax.random.key(0)), params)

@@ -32,9 +32,10 @@ class MeshPlan:
     devices: int
     model_parallel: int = 1
 
-    def build(self) -> jax.sharding.Mesh:
+    def build(self, devices: Any = None) -> jax.sharding.Mesh:
+        """The mesh over ``devices`` (default: every device; ``esjax plan`` passes a TPU topology's)."""
         model = [(distributed.MODEL_AXIS, self.model_parallel)] if self.model_parallel > 1 else []
-        return distributed.build_mesh([(self.axis, self.devices), *model])
+        return distributed.build_mesh([(self.axis, self.devices), *model], devices)
 
 
 def plan_devices(settings: RunSettings, device_count: int | None = None) -> MeshPlan:

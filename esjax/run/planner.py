@@ -15,19 +15,28 @@ from typing import Any, Callable
 import jax.numpy as jnp
 
 from esjax.run.compile import DEFAULT_PROMPT_LEN, analyse, build_programs, members_guess, model_shape
+from esjax.methods import registry
+from esjax.run.plan import plan_devices
 from esjax.run.settings import RunSettings, SettingsError, load_settings
 from esjax.run.topology import GiB, PlanError, Target, local_target
 
 MAX_TRIES = 8  # candidate changes compiled before giving up
 
 
+def planned(settings: RunSettings, target: Target) -> RunSettings:
+    """``settings``, once their device plan for ``target`` is made (a split that leaves devices idle raises
+    SettingsError here, as loading settings for a run's devices would)."""
+    plan_devices(settings, target.count)
+    return settings
+
+
 def compile_settings(settings: RunSettings, target: Target, prompt_len: int = DEFAULT_PROMPT_LEN,
                      memory_bytes: int | None = None) -> dict[str, Any]:
-    """Compile resolved ``settings`` for ``target`` (its mesh built from ``settings.mesh``): the report dict."""
+    """Compile ``settings`` for ``target`` (its mesh from :func:`esjax.run.plan.plan_devices`): the report dict."""
     from esjax.run.plan import plan_report
     config, stored = model_shape(settings.model.path)
     dtype = jnp.dtype(settings.model.dtype or stored)
-    mesh = settings.mesh.build(list(target.devices))
+    mesh = plan_devices(settings, target.count).build(list(target.devices))
     limit = memory_bytes or target.memory_bytes
     members = members_guess(settings, config, dtype, target, mesh, prompt_len) if settings.method == "es" else None
     t0 = time.perf_counter()
@@ -61,7 +70,7 @@ def candidates(settings: RunSettings, report: dict[str, Any], devices: int) -> l
     batch, mp = settings.train.prompts_per_iteration, settings.train.model_parallel
     if "es rollout" in programs:
         members, need = report["members_at_once"] or 1, over["es rollout"]
-        local = settings.es.population_size // settings.mesh.devices
+        local = settings.es.population_size // report["mesh"][registry.get(settings.method).axis]
         if settings.es.noise == "full":
             out += [f"es.population_chunk={c}" for c in range(members - 1, 0, -1)
                     if local % c == 0 and members / c >= need]
@@ -71,7 +80,8 @@ def candidates(settings: RunSettings, report: dict[str, Any], devices: int) -> l
     if "grpo update" in programs:
         m, rows = settings.grpo.grad_accum_steps, batch * settings.grpo.num_generations
         out += [f"grpo.grad_accum_steps={m * k}" for k in (2, 4, 8, 16, 32, 64)
-                if k >= over["grpo update"] and rows % (settings.mesh.devices * m * k) == 0][:3]
+                if k >= over["grpo update"] and rows % (report["mesh"][registry.get(settings.method).axis] * m * k)
+                == 0][:3]
     if set(programs) - {"evaluate"}:
         out += [f"train.model_parallel={k}" for k in (2, 4, 8, 16) if k > mp and devices % k == 0]
     if "evaluate" in programs:
@@ -86,7 +96,7 @@ def plan(config: str | None, overrides: list[str], target: Target, prompt_len: i
     """Plan ``config`` + ``overrides`` on ``target``; when it does not fit, ``report["suggestion"]`` is the first
     candidate change (:func:`candidates`) that fits, found by compiling, or None."""
     def load(extra: list[str]) -> RunSettings:
-        return load_settings(config, [*overrides, *extra], device_count=target.count)
+        return planned(load_settings(config, [*overrides, *extra]), target)
     report = {"config": config, "overrides": list(overrides)}
     return report | search_fit(load, target, prompt_len, memory_bytes, search, log)
 
@@ -128,7 +138,7 @@ def check_fits(settings: RunSettings, prompt_len: int, target: Target | None = N
     with tempfile.TemporaryDirectory() as tmp:
         saved = Path(tmp) / "config.yaml"
         save_settings(settings, saved)
-        report = search_fit(lambda extra: load_settings(saved, extra, device_count=target.count), target, prompt_len)
+        report = search_fit(lambda extra: planned(load_settings(saved, extra), target), target, prompt_len)
     if not report["fits"]:
         s = report["suggestion"]
         fix = f"--set {s['set']} fits ({_size(s['peak_bytes'])})" if s else "see esjax plan CONFIG for the programs"
@@ -176,7 +186,7 @@ def format_plan(report: dict[str, Any]) -> str:
         lines.append(f"{p['program']:13s} {sizes}  {flops:>8s} "
                      f"{moved:>8s} {p['compile_s']:>9.1f}  {verdict(p['total'], limit)}"
                      + (" (temporaries alone: the compiler refused it)" if "compile_error" in p else ""))
-    lines.append(f"formula (esjax.run.memory): {_size(report['formula_bytes']['total'])} per device; "
+    lines.append(f"formula (esjax.common.memory): {_size(report['formula_bytes']['total'])} per device; "
                  f"compiled peak {_size(report['peak_bytes'])} ({report['peak_program']})")
     if report["fits"]:
         lines.append(f"verdict: {verdict(report['peak_bytes'], limit)}")
