@@ -28,7 +28,8 @@ class MethodSpec:
         config_class: frozen dataclass with ``from_dict``, ``to_dict`` and ``check_devices``; its constructor
             runs every check that needs no devices.
         axis: the mesh axis its parallel unit is split over (:mod:`esjax.distributed.mesh`).
-        schedule_key: the config field naming its step-size schedule (``total_steps`` is filled in from it).
+        schedule_key: the config field naming its step-size schedule, or None; a decaying one (not "constant")
+            without ``total_steps`` gets the run's optimizer steps as its config's ``total_steps``.
         steps_per_iteration: config -> optimizer steps per training iteration (the schedule's unit).
         units: (config, prompts per iteration) -> (count, description) of what its devices split evenly, e.g.
             ``(15, "population 30 = 15 antithetic pairs")``.
@@ -47,7 +48,7 @@ class MethodSpec:
     name: str
     config_class: type
     axis: str
-    schedule_key: str
+    schedule_key: str | None
     steps_per_iteration: Callable[[Any], int]
     units: Callable[[Any, int], tuple[int, str]]
     grow_units: Callable[[Any, int, int], str]

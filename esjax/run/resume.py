@@ -121,7 +121,7 @@ def _check_schedule_covers(run_dir: Path, settings: RunSettings) -> None:
     extra iterations would take steps of size 0)."""
     cfg, method = settings.method_config, settings.method
     spec = registry.get(method)
-    schedule = getattr(cfg, spec.schedule_key)
+    schedule = getattr(cfg, spec.schedule_key) if spec.schedule_key else "constant"
     steps = total_iterations(settings) * spec.steps_per_iteration(cfg)
     if schedule != "constant" and cfg.total_steps is not None and cfg.total_steps < steps:
         raise ResumeError(f"{run_dir}: the {schedule} schedule ends at {method}.total_steps={cfg.total_steps}, "

@@ -225,7 +225,8 @@ def _method_config(spec: registry.MethodSpec, section: Any, iterations: int, whe
     if not isinstance(section, dict):
         raise SettingsError(f"{where}: '{spec.name}' must be a mapping, got {section!r}")
     try:
-        if section.get(spec.schedule_key, "constant") != "constant" and section.get("total_steps") is None:
+        if spec.schedule_key and section.get(spec.schedule_key, "constant") != "constant" \
+                and section.get("total_steps") is None:
             steps = spec.steps_per_iteration(spec.config_class.from_dict({**section, spec.schedule_key: "constant"}))
             section = {**section, "total_steps": iterations * steps}
         return spec.config_class.from_dict(section)
