@@ -134,6 +134,7 @@ def test_train_refuses_a_run_that_does_not_fit_before_reading_weights(tmp_path, 
 
     import esjax.run.loop as loop
     import esjax.run.planner as planner
+    import esjax.run.setup as setup
     from esjax.run.settings import load_settings
     config = _config(tmp_path, TINY_ES)
     seen = []  # the run's prompt length (its tokenised prompts, bucketed): on CPU the check compiles nothing
@@ -145,7 +146,7 @@ def test_train_refuses_a_run_that_does_not_fit_before_reading_weights(tmp_path, 
     limit = (fits["peak_bytes"] + whole["peak_bytes"]) // 2
     assert fits["peak_bytes"] < limit < whole["peak_bytes"]
     monkeypatch.setattr(planner, "local_target", lambda: dataclasses.replace(local_target(), memory_bytes=limit))
-    monkeypatch.setattr(loop, "load_model", lambda *a, **k: pytest.fail("weights read before the memory check"))
+    monkeypatch.setattr(setup, "load_model", lambda *a, **k: pytest.fail("weights read before the memory check"))
     with pytest.raises(planner.PlanError, match=r"does not fit on cpu: es rollout does not fit: needs .* per device "
                                                 r"\(compiled, before loading the weights\); --set "
                                                 r"es.population_chunk=2 fits"):
