@@ -150,3 +150,25 @@ def test_imports_only_go_down_the_layers():
     graph, layer = import_graph(), layers()
     assert layer["esjax.common.errors"] == 0 and layer["esjax.cli.commands"] == max(layer.values())
     assert upward_imports(graph, layer) == [], "docs/architecture.md's layers are ordered bottom up"
+
+
+METHOD_NAMES = {"es", "grpo"}
+METHOD_HOMES = ("esjax/es/", "esjax/grpo/", "esjax/methods/")
+
+
+def test_no_module_outside_the_methods_branches_on_a_method_name():
+    """``x == "es"``-style comparisons (and ``in`` tests against method names) appear only in es/, grpo/ and
+    methods/: everything else asks the method's registered description."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        rel = str(path.relative_to(ROOT))
+        if rel.startswith(METHOD_HOMES):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                literals = {c.value for c in [node.left, *node.comparators] if isinstance(c, ast.Constant)}
+                literals |= {e.value for c in node.comparators if isinstance(c, (ast.Tuple, ast.Set, ast.List))
+                             for e in c.elts if isinstance(e, ast.Constant)}
+                if literals & METHOD_NAMES:
+                    found.append(f"{rel}:{node.lineno}")
+    assert not found, f"branches on a method name outside the methods: {found}"

@@ -113,9 +113,9 @@ def es_theory_inputs(run: RunInfo | None, params: Any, override: tuple[float, in
         alpha, population, iterations = override
         return {"alpha": float(alpha), "population": int(population), "iterations": int(iterations),
                 "trained_params": trained_param_count(params), "source": "flags"}
-    if run is None or run.method != "es":
+    cfg = run.settings.method_config if run is not None else None
+    if not isinstance(cfg, ESConfig):  # the displacement law is ES's
         return None
-    cfg = run.settings.es
     return {"alpha": cfg.alpha, "population": cfg.population_size, "iterations": run.iterations_through(run.stage),
             "trained_params": trained_param_count(params, cfg), "source": str(run.run_dir / "config.yaml"),
             "antithetic": cfg.antithetic, "shaping": cfg.shaping, "optimizer": cfg.optimizer}

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
+
+import jax
+import jax.numpy as jnp
 
 from esjax.common import memory
 from esjax.distributed.mesh import POPULATION_AXIS
 from esjax.es.config import ESConfig
 from esjax.es.population import members_at_once
 from esjax.es.step import ESMethod
+from esjax.methods.programs import MethodPrograms, Program, abstract, abstract_key, device_bytes, placed
 from esjax.methods.registry import MethodSpec, register
 from esjax.models.config import ModelConfig
 
@@ -50,9 +55,61 @@ def describe(plan: dict) -> str:
             f"({plan['noise']} rank), model axis {plan['model_axis']}")
 
 
+# Share of a device's memory the members decoded at once may fill when planning for a deviceless target.
+MEMBER_SHARE = 0.8
+
+
+def programs(es: ESConfig, model: ModelConfig, sampling: Any, mesh: Any, params: Any, prompts: int, prompt_len: int,
+             members: int | None) -> MethodPrograms:
+    """The rollout and the update of one iteration (``esjax.es.step.make_runner``'s), for abstract arguments."""
+    from esjax.es.step import make_runner
+    from esjax.es.update import init_state
+    es = dataclasses.replace(es, population_chunk=members or "auto")
+    runner = make_runner(es, model, sampling, mesh, params, (prompts, prompt_len))
+    state = placed(jax.eval_shape(lambda p: init_state(es, p, jax.random.key(0)), params), runner.state_sharding)
+    key, it = abstract_key(mesh), abstract(mesh, (), jnp.int32)
+    tokens = abstract(mesh, (prompts, prompt_len), jnp.int32)
+    fitness = abstract(mesh, (es.population_size, prompts) if es.group_baseline else (es.population_size,),
+                       jnp.float32)
+    resident = device_bytes(state) - device_bytes(state.params)
+    rollout = Program("es rollout", lambda: runner.rollout.fn.lower(state.params, key, it, tokens, tokens, key),
+                      resident)
+    return MethodPrograms([rollout, Program("es update", lambda: runner.update.lower(state, fitness), 0)],
+                          state.params, resident)
+
+
+def decode_within(es: ESConfig, model: ModelConfig, dtype: Any, mesh: Any, prompts: int, prompt_len: int,
+                  new_tokens: int, memory_bytes: int) -> int | None:
+    """Members one device of ``memory_bytes`` decodes at once: the largest divisor of its members whose copies and
+    KV cache fill at most :data:`MEMBER_SHARE` of it (the compile then checks it); None where the run does not
+    choose (low rank decodes every member at once; an explicit ``population_chunk``)."""
+    if es.noise == "lowrank" or es.population_chunk != "auto":
+        return None
+    groups = mesh.shape[POPULATION_AXIS]
+    local, size = es.population_size // groups, jnp.dtype(dtype).itemsize
+    weights = model.num_params() * size // max(1, mesh.size // groups)
+    rows = min(prompts, es.prompt_chunk or prompts)
+    kv = rows * (prompt_len + new_tokens) * memory.kv_bytes_per_token(
+        model.num_hidden_layers, model.num_key_value_heads, model.head_dim, size)
+    fits = int(MEMBER_SHARE * memory_bytes) // max(1, weights + kv)
+    return next((c for c in range(local, 0, -1) if local % c == 0 and c <= fits), 1)
+
+
+def shrink(es: ESConfig, prompts: int, groups: int, members: int | None, over: dict[str, float]) -> list[str]:
+    """Fewer members decoded at once (full rank), then fewer prompts per decode, for a rollout ``over`` too big."""
+    if "es rollout" not in over:
+        return []
+    need, members, local = over["es rollout"], members or 1, es.population_size // groups
+    out = [f"es.population_chunk={c}" for c in range(members - 1, 0, -1)
+           if es.noise == "full" and local % c == 0 and members / c >= need]
+    current = es.prompt_chunk or prompts
+    return out + [f"es.prompt_chunk={c}" for c in range(current - 1, 0, -1)
+                  if prompts % c == 0 and current / c >= need][:4]
+
+
 SPEC = register(MethodSpec(
     name="es", config_class=ESConfig, axis=POPULATION_AXIS, schedule_key="alpha_schedule",
     steps_per_iteration=lambda es: 1, units=_units, grow_units=_grow_units, check=_check, build=ESMethod,
-    plan=plan, describe=describe,
+    plan=plan, describe=describe, programs=programs, decode_within=decode_within, shrink=shrink,
     decode_rows=lambda es, model, new_tokens, mesh, params, shape: members_at_once(es, model, new_tokens, mesh,
                                                                                    params, shape)))

@@ -43,6 +43,13 @@ class MethodSpec:
         describe: plan dict -> one line of the start-of-run report.
         decode_rows: (config, model config, new tokens, mesh, params, batch shape) -> how many of a device's
             units decode at once (None: all of them), for the plan.
+        programs: (config, model config, sampling, mesh, abstract params, prompts, prompt length, units decoded at
+            once) -> :class:`esjax.methods.programs.MethodPrograms`, the programs of one iteration built by the
+            same builders as its training step, for ``esjax plan`` to compile.
+        decode_within: (config, model config, dtype, mesh, prompts, prompt length, new tokens, device bytes) -> units
+            a device of that memory decodes at once (a deviceless target), or None to use ``decode_rows``.
+        shrink: (config, prompts, device groups, units decoded at once, {program: factor over the device memory})
+            -> ``key=value`` changes of its own section that shrink those programs, nearest first.
     """
 
     name: str
@@ -57,6 +64,9 @@ class MethodSpec:
     plan: Callable[..., dict]
     describe: Callable[[dict], str]
     decode_rows: Callable[..., int | None] = lambda *_: None
+    programs: Callable[..., Any] | None = None
+    decode_within: Callable[..., int | None] = lambda *_: None
+    shrink: Callable[..., list[str]] = lambda *_: []
 
 
 def register(spec: MethodSpec) -> MethodSpec:

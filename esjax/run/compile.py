@@ -1,7 +1,7 @@
 """``esjax plan``: compile every program of a run for its target devices and read the memory one device needs.
 
-The programs are those ``esjax train`` runs, built by the same builders (``esjax.es.step.make_runner``,
-``esjax.grpo.step.make_runner`` / ``train_program``, ``esjax.generation.sampling.generate_jit``) from the same
+The programs are those ``esjax train`` runs, built by the same builders (the method's own,
+``MethodSpec.programs``, and ``esjax.generation.sampling.generate_jit``) from the same
 resolved settings, for ``jax.ShapeDtypeStruct`` parameters placed with the run's shardings: only the model's
 ``config.json`` is read (or the shipped shape of a known model, ``esjax/assets/model_shapes``), no weights. Each
 program is lowered on the target's mesh and compiled by its compiler (libtpu's for a TPU slice, deviceless), and
@@ -11,31 +11,26 @@ total adds the run's state the program does not take (``resident``: e.g. the fp3
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 import time
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from esjax.generation.sampling import SamplingConfig, generate_jit
 from esjax.models.config import ModelConfig, config_from_hf, load_config
 from esjax.models.decoder import param_shapes
-from esjax.models.sharding import param_shardings, tree_shardings
-from esjax.common.memory import kv_bytes_per_token
-from esjax.distributed.mesh import POPULATION_AXIS
+from esjax.models.sharding import param_shardings
+from esjax.methods import registry
+from esjax.methods.programs import Program, abstract, abstract_key, placed
 from esjax.run.settings import RunSettings
 from esjax.run.topology import PlanError, Target
 
 SHAPES_DIR = Path(__file__).resolve().parents[1] / "assets" / "model_shapes"
 DEFAULT_PROMPT_LEN = 128
-# Share of a device's memory the "auto" members-at-once guess may fill (as esjax.es.population on a device).
-MEMBER_SHARE = 0.8
 
 
 def shipped_shapes() -> dict[str, Path]:
@@ -99,30 +94,6 @@ _OOM = re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT])\)")
 _UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
-class Program(NamedTuple):
-    """One compiled program of a run: ``lower()`` lowers it for its abstract arguments; ``resident`` is the bytes
-    per device of run state that stays in memory while it runs without being one of its arguments."""
-
-    name: str
-    lower: Callable[[], Any]
-    resident: int
-
-
-def _placed(tree: Any, shardings: Any) -> Any:
-    return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), tree, shardings)
-
-
-def device_bytes(tree: Any) -> int:
-    """Bytes one device holds of a tree of sharded ``ShapeDtypeStruct`` (the largest shard of each leaf)."""
-    total = 0
-    for x in jax.tree.leaves(tree):
-        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-            continue
-        shape = x.sharding.shard_shape(x.shape) if x.sharding is not None else x.shape
-        total += int(np.prod(shape)) * jnp.dtype(x.dtype).itemsize
-    return total
-
-
 def sampling_of(settings: RunSettings, model: ModelConfig, evaluation: bool = False) -> SamplingConfig:
     s = settings.sampling
     pad = next((i for i in (model.pad_token_id, *model.eos_token_ids) if i is not None), 0)
@@ -133,73 +104,36 @@ def sampling_of(settings: RunSettings, model: ModelConfig, evaluation: bool = Fa
 
 
 def members_guess(settings: RunSettings, model: ModelConfig, dtype: Any, target: Target, mesh: Any,
-                  prompt_len: int) -> int:
-    """Members one device decodes at once: on local devices what the run picks (``esjax.es.population``); for a
-    deviceless target the same rule on a device of the target's memory (the largest divisor of the device's
-    members whose copies and KV cache fill at most 80% of it); the compile then checks it."""
-    from esjax.es.population import members_at_once
-    es, batch = settings.es, settings.train.prompts_per_iteration
-    local = es.population_size // mesh.shape[POPULATION_AXIS]
-    if not target.deviceless or es.noise == "lowrank" or es.population_chunk != "auto":
-        return members_at_once(es, model, settings.sampling.max_new_tokens, mesh, param_shapes(model, dtype),
-                               (batch, prompt_len))
-    size = jnp.dtype(dtype).itemsize
-    weights = model.num_params() * size // settings.train.model_parallel
-    rows = min(batch, es.prompt_chunk or batch)
-    kv = rows * (prompt_len + settings.sampling.max_new_tokens) * kv_bytes_per_token(
-        model.num_hidden_layers, model.num_key_value_heads, model.head_dim, size)
-    fits = int(MEMBER_SHARE * target.memory_bytes) // max(1, weights + kv)
-    return next((c for c in range(local, 0, -1) if local % c == 0 and c <= fits), 1)
+                  prompt_len: int) -> int | None:
+    """Units (ES members) one device decodes at once: for a deviceless target the method's rule on a device of the
+    target's memory (``MethodSpec.decode_within``), else what the run picks on these devices (``decode_rows``);
+    None where the method decodes all its rows at once. The compile then checks it."""
+    spec, config = registry.get(settings.method), settings.method_config
+    batch, new_tokens = settings.train.prompts_per_iteration, settings.sampling.max_new_tokens
+    if target.deviceless:
+        guess = spec.decode_within(config, model, dtype, mesh, batch, prompt_len, new_tokens, target.memory_bytes)
+        if guess is not None:
+            return guess
+    return spec.decode_rows(config, model, new_tokens, mesh, param_shapes(model, dtype), (batch, prompt_len))
 
 
 def build_programs(settings: RunSettings, model: ModelConfig, dtype: Any, mesh: Any, prompt_len: int,
                    members: int | None = None) -> list[Program]:
-    """The programs of one iteration and of an evaluation, with abstract arguments on ``mesh``."""
-    repl = NamedSharding(mesh, P())
-    spec = lambda shape, dt, sharding=repl: jax.ShapeDtypeStruct(shape, dt, sharding=sharding)  # noqa: E731
-    key = jax.eval_shape(lambda: jax.random.key(0))
-    key = spec(key.shape, key.dtype)
-    params = _placed(param_shapes(model, dtype), param_shardings(mesh, model, dtype))
+    """The programs of one iteration (the method's own, ``MethodSpec.programs``) and of an evaluation, with
+    abstract arguments on ``mesh``."""
+    spec = registry.get(settings.method)
+    if spec.programs is None:
+        raise PlanError(f"method {settings.method!r} describes no programs to compile (MethodSpec.programs)")
+    params = placed(param_shapes(model, dtype), param_shardings(mesh, model, dtype))
     batch = settings.train.prompts_per_iteration
-    if settings.method == "es":
-        from esjax.es.step import make_runner
-        from esjax.es.update import init_state
-        es = dataclasses.replace(settings.es, population_chunk=members or "auto")
-        runner = make_runner(es, model, sampling_of(settings, model), mesh, params, (batch, prompt_len))
-        state = _placed(jax.eval_shape(lambda p: init_state(es, p, jax.random.key(0)), params),
-                        runner.state_sharding)
-        tokens = spec((batch, prompt_len), jnp.int32)
-        fitness = spec((es.population_size, batch) if es.group_baseline else (es.population_size,), jnp.float32)
-        it = spec((), jnp.int32)
-        resident = device_bytes(state) - device_bytes(state.params)
-        programs = [Program("es rollout", lambda: runner.rollout.fn.lower(state.params, key, it, tokens, tokens, key),
-                            resident),
-                    Program("es update", lambda: runner.update.lower(state, fitness), 0)]
-    else:
-        from esjax.grpo.step import make_runner, train_program
-        from esjax.grpo.update import init_state
-        from esjax.distributed.mesh import DATA_AXIS
-        grpo = settings.grpo.check_devices(mesh.shape[DATA_AXIS], batch * settings.grpo.num_generations)
-        sampling = sampling_of(settings, model)
-        runner = make_runner(grpo, model, sampling, mesh)
-        state = jax.eval_shape(lambda p: init_state(grpo, p, jax.random.key(0)), params)
-        state = _placed(state, tree_shardings(mesh, state, model))
-        rows, data = batch * grpo.num_generations, NamedSharding(mesh, P(DATA_AXIS))
-        tokens = spec((rows, prompt_len), jnp.int32, data)
-        completions = spec((rows, sampling.max_new_tokens), jnp.int32, data)
-        rewards = spec((rows,), jnp.float32, data)
-        train = train_program(grpo, model, sampling, mesh, state)
-        resident = device_bytes(state) - device_bytes(state.params)
-        programs = [Program("grpo rollout", lambda: runner.rollout_fn.lower(state.params, tokens, tokens, key),
-                            resident),
-                    Program("grpo update", lambda: train.lower(state, tokens, tokens, completions, rewards), 0)]
+    method = spec.programs(settings.method_config, model, sampling_of(settings, model), mesh, params, batch,
+                           prompt_len, members)
     stage = settings.task_stages()[0]
     rows = min(settings.train.eval_batch_size, stage.eval_limit or settings.train.eval_batch_size)
-    eval_tokens = spec((rows, prompt_len), jnp.int32)
+    eval_tokens, key = abstract(mesh, (rows, prompt_len), jnp.int32), abstract_key(mesh)
     evaluation = sampling_of(settings, model, evaluation=True)
-    programs.append(Program("evaluate", lambda: generate_jit.lower(
-        model, state.params, eval_tokens, eval_tokens, key, evaluation), resident))
-    return programs
+    return [*method.programs, Program("evaluate", lambda: generate_jit.lower(
+        model, method.params, eval_tokens, eval_tokens, key, evaluation), method.resident)]
 
 
 def analyse(program: Program) -> dict[str, Any]:

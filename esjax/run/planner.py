@@ -38,7 +38,7 @@ def compile_settings(settings: RunSettings, target: Target, prompt_len: int = DE
     dtype = jnp.dtype(settings.model.dtype or stored)
     mesh = plan_devices(settings, target.count).build(list(target.devices))
     limit = memory_bytes or target.memory_bytes
-    members = members_guess(settings, config, dtype, target, mesh, prompt_len) if settings.method == "es" else None
+    members = members_guess(settings, config, dtype, target, mesh, prompt_len)
     t0 = time.perf_counter()
     programs = [analyse(p) for p in build_programs(settings, config, dtype, mesh, prompt_len, members)]
     for p in programs:
@@ -66,22 +66,10 @@ def candidates(settings: RunSettings, report: dict[str, Any], devices: int) -> l
     limit = report["target"]["memory_bytes"] or 1
     over = {name: p["temp"] / max(1, limit - (p["total"] - p["temp"])) if p["total"] - p["temp"] < limit
             else float("inf") for name, p in programs.items()}
-    out: list[str] = []
     batch, mp = settings.train.prompts_per_iteration, settings.train.model_parallel
-    if "es rollout" in programs:
-        members, need = report["members_at_once"] or 1, over["es rollout"]
-        local = settings.es.population_size // report["mesh"][registry.get(settings.method).axis]
-        if settings.es.noise == "full":
-            out += [f"es.population_chunk={c}" for c in range(members - 1, 0, -1)
-                    if local % c == 0 and members / c >= need]
-        current = settings.es.prompt_chunk or batch
-        out += [f"es.prompt_chunk={c}" for c in range(current - 1, 0, -1)
-                if batch % c == 0 and current / c >= need][:4]
-    if "grpo update" in programs:
-        m, rows = settings.grpo.grad_accum_steps, batch * settings.grpo.num_generations
-        out += [f"grpo.grad_accum_steps={m * k}" for k in (2, 4, 8, 16, 32, 64)
-                if k >= over["grpo update"] and rows % (report["mesh"][registry.get(settings.method).axis] * m * k)
-                == 0][:3]
+    spec = registry.get(settings.method)
+    out = spec.shrink(settings.method_config, batch, report["mesh"][spec.axis], report["members_at_once"],
+                      {name: factor for name, factor in over.items() if name != "evaluate"})
     if set(programs) - {"evaluate"}:
         out += [f"train.model_parallel={k}" for k in (2, 4, 8, 16) if k > mp and devices % k == 0]
     if "evaluate" in programs:
