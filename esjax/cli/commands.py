@@ -37,11 +37,11 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from esjax.models import describe_hf, save_hf
+    from esjax.models import describe_hf, open_model, save_hf
     from esjax.models.export import parse_size
     if args.max_shard_size is not None:
         parse_size(args.max_shard_size, "--max-shard-size")  # before loading anything
-    model = _load(args.model)
+    model = open_model(args.model)  # an esjax checkpoint's weights stay on disk, read as they are written
     out = save_hf(model.config, model.params, args.to_hf, source_dir=model.source_dir, dtype=args.dtype,
                   max_shard_size=args.max_shard_size, overwrite=args.overwrite)
     layout = f"shards of at most {args.max_shard_size}" if args.max_shard_size else "the source's shard layout"

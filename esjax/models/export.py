@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +26,7 @@ from esjax.models.config import ModelConfig
 from esjax.models.decoder import Params
 from esjax.models.hf import INDEX_FILE, check_param_shapes, copy_tokenizer_files, hf_name_map
 from esjax.models.safetensors_io import DTYPES, read_header, write_file
+from esjax.models.store import StoredLeaf
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 SINGLE_FILE = "model.safetensors"
@@ -77,13 +78,51 @@ def source_layout(entries: list, weight_map: dict[str, str]) -> list[tuple[str, 
     return [(f, grouped[f]) for f in files if grouped[f]]
 
 
+def hf_blocks(leaf: Any, transpose: bool, dtype: np.dtype) -> np.ndarray | Iterator[np.ndarray]:
+    """The HF tensor of one params leaf (a jax.Array or a :class:`StoredLeaf` on disk), transposed if asked, in
+    ``dtype``: a vector whole, a matrix as consecutive C-contiguous row blocks of about ``EXPORT_BLOCK_BYTES``.
+
+    A device array is copied to the host one fixed-size slice at a time; a stored leaf is read in bands of whole
+    zarr chunks along the HF row axis (each chunk read once; a band is the whole leaf when its chunks split the
+    other axis only), each band handed on in blocks, so the host holds one band and one block at a time.
+    """
+    stored = isinstance(leaf, StoredLeaf)
+    if leaf.ndim < 2:
+        return leaf.read((), dtype) if stored else np.asarray(jax.device_get(leaf)).astype(dtype, copy=False)
+    axis = 1 if transpose else 0
+    rows = leaf.shape[axis]
+    row_bytes = max(1, int(np.prod(leaf.shape)) // rows * max(dtype.itemsize, np.dtype(leaf.dtype).itemsize))
+    chunk = leaf.chunks[axis] if stored else 1
+    step = min(rows, max(chunk, EXPORT_BLOCK_BYTES // row_bytes // chunk * chunk))
+
+    def band(a: int) -> np.ndarray:  # leaf rows (or columns, when transposed) a .. a + step, clipped
+        if stored:
+            part = slice(a, min(a + step, rows))
+            return leaf.read((slice(None), part) if transpose else (part,))
+        start = min(a, rows - step)  # a fixed-size slice (one compiled program per shape), the tail clipped
+        part = jax.lax.dynamic_slice_in_dim(leaf, start, step, axis)
+        host = np.asarray(jax.device_get(part))
+        return host[:, a - start:] if transpose else host[a - start:]
+
+    def blocks() -> Iterator[np.ndarray]:
+        sub = max(1, EXPORT_BLOCK_BYTES // row_bytes)
+        for a in range(0, rows, step):
+            part = band(a)
+            part = part.T if transpose else part
+            for r in range(0, part.shape[0], sub):
+                yield np.ascontiguousarray(part[r:r + sub], dtype)
+    return blocks()
+
+
 def save_hf(config: ModelConfig, params: Params, out_dir: str | Path, source_dir: str | Path | None = None,
             dtype: Any = None, *, max_shard_size: int | str | None = None, overwrite: bool = False) -> Path:
     """Write an HF model directory (see the module docstring) and return its path.
 
-    Weights in ``dtype`` (default: the params' own). ``max_shard_size`` None keeps the layout of the checkpoint the
-    params were loaded from (``config.hf_weight_map_json``), else shards of at most 5GB. Tokenizer files come from
-    ``source_dir``. A non-empty ``out_dir`` is refused unless ``overwrite``; a failure leaves nothing behind.
+    ``params``: device arrays, or :class:`StoredLeaf` handles (:func:`esjax.models.open_model` of an esjax
+    checkpoint), read and written tensor by tensor in row blocks (:func:`hf_blocks`). Weights in ``dtype``
+    (default: the params' own). ``max_shard_size`` None keeps the layout of the checkpoint the params were loaded
+    from (``config.hf_weight_map_json``), else shards of at most 5GB. Tokenizer files come from ``source_dir``.
+    A non-empty ``out_dir`` is refused unless ``overwrite``; a failure leaves nothing behind.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
@@ -100,22 +139,7 @@ def save_hf(config: ModelConfig, params: Params, out_dir: str | Path, source_dir
         leaf = flat[key]
         leaf_dtype = out_dtype or np.dtype(leaf.dtype)
         shape = tuple(leaf.shape[::-1]) if transpose else tuple(leaf.shape)
-
-        def get(leaf=leaf, transpose=transpose, leaf_dtype=leaf_dtype):
-            """Row blocks of at most ~16 MiB of the HF tensor, each copied from the device on its own."""
-            if leaf.ndim < 2:
-                return np.asarray(jax.device_get(leaf)).astype(leaf_dtype, copy=False)
-            rows, row_bytes = shape[0], max(1, int(np.prod(shape[1:])) * leaf_dtype.itemsize)
-            step = min(rows, max(1, EXPORT_BLOCK_BYTES // row_bytes))
-            axis = 1 if transpose else 0
-
-            def block(a: int) -> np.ndarray:  # a fixed-size slice (one compiled program per shape), the tail clipped
-                start = min(a, rows - step)
-                part = jax.lax.dynamic_slice_in_dim(leaf, start, step, axis)
-                host = np.asarray(jax.device_get(part.T if transpose else part))[a - start:]
-                return host.astype(leaf_dtype, copy=False)
-            return (block(a) for a in range(0, rows, step))
-        return name, shape, leaf_dtype, get
+        return name, shape, leaf_dtype, lambda: hf_blocks(leaf, transpose, leaf_dtype)
 
     entries = [entry(name, key, t) for name, (key, t) in hf_name_map(config).items()]
     layout = (source_layout(entries, weight_map) if max_shard_size is None and weight_map

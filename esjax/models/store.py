@@ -145,6 +145,46 @@ def check_fits(config: ModelConfig, dtype: Any, where: str) -> None:
                                f"of memory")
 
 
+class StoredLeaf:
+    """One params leaf left in its zarr array on disk (an esjax checkpoint's), read block by block.
+
+    ``shape`` / ``ndim`` / ``dtype`` as the leaf's (``dtype`` the checkpoint's, what ``read`` returns by default);
+    ``chunks``: the array's chunk shape, so that reading in whole chunks reads each one once.
+    """
+
+    def __init__(self, array: Any, dtype: Any, path: Path):
+        self.array, self.path = array, path
+        self.shape, self.ndim, self.dtype = tuple(array.shape), len(array.shape), np.dtype(jnp.dtype(dtype))
+        self.chunks = tuple(array.chunk_layout.read_chunk.shape)
+
+    def read(self, index: tuple = (), dtype: Any = None) -> np.ndarray:
+        """``leaf[index]`` as a host array in ``dtype`` (default: the leaf's)."""
+        return np.asarray(self.array[index].read().result()).astype(dtype or self.dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"StoredLeaf({self.path}, {self.dtype.name}{list(self.shape)})"
+
+
+def open_params(directory: str | Path, config: ModelConfig, dtype: Any) -> Params | None:
+    """The params tree of an orbax checkpoint stored in ``dtype`` as :class:`StoredLeaf` handles, nothing read yet
+    but each zarr array's metadata (its shape checked against the config); None when the leaves are not zarr
+    arrays of their own (an OCDBT checkpoint, which only orbax reads)."""
+    directory = Path(directory).absolute()
+    shapes = param_shapes(config, dtype)
+    names = jax.tree.map_with_path(lambda path, _: ".".join(str(getattr(k, "key", k)) for k in path), shapes)
+    if not all((directory / n / ".zarray").is_file() for n in jax.tree.leaves(names)):
+        return None
+    import tensorstore as ts
+
+    def leaf(name: str, shape: jax.ShapeDtypeStruct) -> StoredLeaf:
+        spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": str(directory / name)}}
+        stored = StoredLeaf(ts.open(spec, open=True, read=True).result(), dtype, directory / name)
+        if stored.shape != tuple(shape.shape):
+            raise CheckpointError(f"{directory / name}: shape {stored.shape}, the config needs {tuple(shape.shape)}")
+        return stored
+    return jax.tree.map(leaf, names, shapes)
+
+
 def restore_params(directory: str | Path, config: ModelConfig, dtype: Any, sharding: Any = None,
                    cast: Any = None) -> Params:
     """Restore an orbax params tree stored in ``dtype``, placed with ``sharding`` (a Sharding or a matching pytree;
@@ -156,35 +196,37 @@ def restore_params(directory: str | Path, config: ModelConfig, dtype: Any, shard
     goes through orbax.
     """
     directory = Path(directory).absolute()
-    shapes = param_shapes(config, dtype)
     if sharding is None:
         sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shapes = param_shapes(config, dtype)
     shard_tree = sharding if not isinstance(sharding, jax.sharding.Sharding) else jax.tree.map(lambda _: sharding,
                                                                                                  shapes)
-    names = jax.tree.map_with_path(lambda path, _: ".".join(str(getattr(k, "key", k)) for k in path), shapes)
-    if not all((directory / n / ".zarray").is_file() for n in jax.tree.leaves(names)):
+    stored = open_params(directory, config, dtype)
+    if stored is None:
         placed = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shard_tree)
         params = ocp.StandardCheckpointer().restore(directory, placed)
         return params if cast is None else jax.tree.map(lambda x: x.astype(cast), params)
-    import tensorstore as ts
     target = jnp.dtype(cast or dtype)
 
-    def leaf(name: str, shape: jax.ShapeDtypeStruct, leaf_sharding: Any) -> jax.Array:
-        spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": str(directory / name)}}
-        array = ts.open(spec, open=True, read=True).result()
-        if tuple(array.shape) != tuple(shape.shape):
-            raise CheckpointError(f"{directory / name}: shape {tuple(array.shape)}, the config needs "
-                                  f"{tuple(shape.shape)}")
+    def leaf(source: StoredLeaf, leaf_sharding: Any) -> jax.Array:
         blocks: dict[str, np.ndarray] = {}  # a block replicated on several devices is read once
 
         def block(index: tuple) -> np.ndarray:
             key = str(index)
             if key not in blocks:
-                blocks[key] = np.asarray(array[index].read().result()).astype(target, copy=False)
+                blocks[key] = source.read(index, target)
             return blocks[key]
-        return jax.make_array_from_callback(tuple(shape.shape), leaf_sharding, block)
+        return jax.make_array_from_callback(source.shape, leaf_sharding, block)
 
-    return jax.tree.map(leaf, names, shapes, shard_tree)
+    return jax.tree.map(leaf, stored, shard_tree, is_leaf=lambda x: isinstance(x, StoredLeaf))
+
+
+def _checkpoint(path: Path) -> tuple[ModelConfig, str, Path, Path | None]:
+    """(config, stored dtype, params folder, tokenizer folder or None) of an esjax checkpoint, every name checked."""
+    check_tree(path, "esjax checkpoint")  # orbax reads params/ as it finds it
+    config, stored = read_model_config(path)
+    return (config, stored, inside(path, "params", kind="dir"),
+            inside(path, "tokenizer", kind="dir", required=False))
 
 
 def load_model(path: str | Path, dtype: Any = None, sharding: Any = None) -> LoadedModel:
@@ -196,12 +238,10 @@ def load_model(path: str | Path, dtype: Any = None, sharding: Any = None) -> Loa
     """
     path = resolve_model_path(path)
     if is_esjax_checkpoint(path):
-        check_tree(path, "esjax checkpoint")  # orbax reads params/ as it finds it
-        config, stored = read_model_config(path)
+        config, stored, params_dir, tok = _checkpoint(path)
         check_fits(config, stored, str(path / MODEL_FILE))
         sharding = sharding(config) if callable(sharding) else sharding
-        params = restore_params(inside(path, "params", kind="dir"), config, stored, sharding, cast=dtype)
-        tok = inside(path, "tokenizer", kind="dir", required=False)
+        params = restore_params(params_dir, config, stored, sharding, cast=dtype)
         return LoadedModel(config, params, tok, tok)
     if is_hf_dir(path):
         if callable(sharding):
@@ -211,3 +251,17 @@ def load_model(path: str | Path, dtype: Any = None, sharding: Any = None) -> Loa
         return LoadedModel(config, params, path, path)
     raise ModelConfigError(f"{path}: not a model (expected an HF directory with config.json and *.safetensors, "
                            f"or an esjax checkpoint with {MODEL_FILE})")
+
+
+def open_model(path: str | Path) -> LoadedModel:
+    """The model at ``path`` (as :func:`load_model` takes it) for one pass over its weights, as export makes: an
+    esjax checkpoint's params stay on disk as :class:`StoredLeaf` handles, each read block by block when used, so
+    the host never holds the model; anything else (an HF directory, an OCDBT checkpoint) is loaded."""
+    path = resolve_model_path(path)
+    if not is_esjax_checkpoint(path):
+        return load_model(path)
+    config, stored, params_dir, tok = _checkpoint(path)
+    params = open_params(params_dir, config, stored)
+    if params is None:
+        return load_model(path)
+    return LoadedModel(config, params, tok, tok)
