@@ -10,9 +10,10 @@ everything, starts the CPU backend, reads its resident set size (baseline), rese
 
 Stages: ``convert`` (``esjax convert`` HF -> esjax checkpoint), ``load_hf`` (``models.load_hf``, params kept),
 ``load_checkpoint`` (the converted checkpoint restored, leaf by leaf into its sharding), ``export`` (``esjax export``
-of that checkpoint to HF safetensors), ``es_full`` / ``es_lowrank`` (the checkpoint restored, one
-ES iteration: a few members, prompts and new tokens), ``grpo`` (the checkpoint restored, one GRPO step).
-Writes ``benchmarks/host_memory-<shape>-cpu.json``.
+of that checkpoint to HF safetensors, streamed from its zarr arrays; the written tensors are then compared with the
+source's, byte for byte), ``es_full`` / ``es_lowrank`` (the checkpoint restored, one ES iteration: a few members,
+prompts and new tokens), ``grpo`` (the checkpoint restored, one GRPO step).
+Each stage records the 1-minute load average when it started. Writes ``benchmarks/host_memory-<shape>-cpu.json``.
 """
 
 from __future__ import annotations
@@ -116,12 +117,30 @@ def _worker(stage: str, hf_dir: str, ckpt: str, job: dict) -> None:
 def measure_stage(stage: str, hf_dir: Path, ckpt: Path, job: dict, timeout: float = 1800) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu",
                                                                        "TOKENIZERS_PARALLELISM": "false"}
+    load = round(os.getloadavg()[0], 2)
     run = subprocess.run([sys.executable, __file__, "--_worker", stage, str(hf_dir), str(ckpt), json.dumps(job)],
                          capture_output=True, text=True, env=env, timeout=timeout)
     lines = [ln for ln in run.stdout.splitlines() if ln.startswith("HOST_MEMORY ")]
     if run.returncode or not lines:
         raise RuntimeError(f"stage {stage} failed:\n{run.stderr[-3000:]}")
-    return json.loads(lines[-1].removeprefix("HOST_MEMORY "))
+    return {**json.loads(lines[-1].removeprefix("HOST_MEMORY ")), "load_avg_1m": load}
+
+
+def _same_tensors(source: Path, exported: Path) -> bool:
+    """Every safetensors file of ``source`` in ``exported`` with the same tensors, byte for byte (memory-mapped)."""
+    import numpy as np
+
+    from esjax.models.safetensors_io import iter_tensors
+    files = sorted(p.name for p in source.glob("*.safetensors"))
+    if files != sorted(p.name for p in exported.glob("*.safetensors")):
+        return False
+    for name in files:
+        ours, theirs = dict(iter_tensors(exported / name)), dict(iter_tensors(source / name))
+        if ours.keys() != theirs.keys() or any(ours[k].dtype != theirs[k].dtype or ours[k].shape != theirs[k].shape
+                                               or not (ours[k].view(np.uint8) == theirs[k].view(np.uint8)).all()
+                                               for k in ours):
+            return False
+    return True
 
 
 def main() -> None:
@@ -159,6 +178,8 @@ def main() -> None:
         for stage in stages:
             row = measure_stage(stage, hf_dir, ckpt, job)
             row["peak_over_model"] = round(row["peak_above_baseline_mib"] * MiB / model_bytes, 3)
+            if stage == "export":
+                row["tensors_equal_source"] = _same_tensors(hf_dir, ckpt.parent / "exported")
             result["stages"][stage] = row
             print(stage, row, flush=True)
     out = Path(args.out or Path(__file__).parent / f"host_memory-{args.shape}-cpu.json")

@@ -147,7 +147,9 @@ def test_export_keeps_the_source_shard_layout(tmp_path):
     ckpt = models.save_model(tmp_path / "ckpt", model.config, model.params)
     converted = models.load_model(ckpt)
     from_ckpt = models.save_hf(converted.config, converted.params, tmp_path / "from_ckpt")
-    for out in (from_hf, from_ckpt):
+    opened = models.open_model(ckpt)  # left on disk, streamed as esjax export does
+    streamed = models.save_hf(opened.config, opened.params, tmp_path / "streamed")
+    for out in (from_hf, from_ckpt, streamed):
         assert weight_map(out) == layout
         assert sorted(p.name for p in out.glob("*.safetensors")) == sorted(set(layout.values()))
         for file in sorted(set(layout.values())):
