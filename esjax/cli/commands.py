@@ -22,7 +22,9 @@ class UsageError(EsjaxError):
 
 def _load(path: str, dtype: str | None = None):
     from esjax.models import load_model
-    return load_model(path, dtype=dtype)  # a folder, a checkpoint or a Hub ID; ModelNotFoundError otherwise
+    from esjax.models.decoder import with_layer_scan
+    model = load_model(path, dtype=dtype)  # a folder, a checkpoint or a Hub ID; ModelNotFoundError otherwise
+    return model._replace(config=with_layer_scan(model.config))  # the layers scanned where that pays (TPUs)
 
 
 def cmd_convert(args: argparse.Namespace) -> None:

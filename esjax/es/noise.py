@@ -7,6 +7,9 @@ Member ``i``'s noise for one leaf is a pure function of (run key, iteration, mem
     eps  = normal(key, leaf.shape, float32)                # full rank
     a, b = normal(ka, [m, r]), normal(kb, [n, r])          # low rank, (ka, kb) = split(key); E = a @ b.T / sqrt(r)
 
+A layer-stacked view of the params (:mod:`esjax.common.layers`, for a scan over layers) gets, layer by layer, the
+noise of the leaf it stacks (``path`` = "layers_<i>/..."): one fused draw for all layers, equal bit for bit.
+
 ``normal`` is ``jax.random.normal``, bit for bit, computed by :func:`standard_normal` (an unrolled Threefry that
 XLA:CPU fuses into one loop: 2x faster there; the same program accelerators compile from ``jax.random``).
 
@@ -20,7 +23,7 @@ from __future__ import annotations
 import functools
 import math
 import zlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +31,7 @@ import numpy as np
 from jax import lax
 
 from esjax.es.config import ESConfig
+from esjax.common.layers import slice_paths
 
 Array = jax.Array
 PyTree = Any
@@ -52,6 +56,20 @@ def leaf_ids(paths: list[str]) -> list[int]:
                 raise ValueError(f"Leaf paths {seen[i]!r} and {path!r} hash to the same noise id {i}; rename one.")
             seen[i] = path
     return ids
+
+
+class LeafPlan(NamedTuple):
+    """Static per-leaf facts, aligned with ``jax.tree.leaves(params)``.
+
+    ``kinds``: "full", "lowrank" or "frozen" (:func:`leaf_kind`); ``ids``: the noise id (:func:`leaf_ids`), or for a
+    layer-stacked leaf an int32 array [L] of its layers' ids; ``active``: None, or for a stacked leaf whose layers
+    are partly frozen, a bool array [L] (frozen layers get zero noise).
+    """
+
+    treedef: jax.tree_util.PyTreeDef
+    kinds: list[str]
+    ids: list[int | np.ndarray]
+    active: list[np.ndarray | None]
 
 
 def leaf_kind(config: ESConfig, path: str, leaf: Any) -> str:
@@ -99,18 +117,28 @@ def lowrank_factors(config: ESConfig, params: PyTree, run_key: Array, iteration:
     """
     index, sign = noise_index_and_sign(config, member)
     key = noise_key(run_key, iteration, index)
-    treedef, kinds, ids = leaf_plan(config, params)
+    plan = leaf_plan(config, params)
 
-    def leaf_noise(leaf, kind, leaf_id):
+    def leaf_noise(leaf, kind, leaf_id, active):
         noise = unit_noise(config, kind, leaf.shape, key, leaf_id)
-        if noise is None or not config.antithetic:
-            return noise
+        if noise is None:
+            return None
+        factor = layer_mask(active, leaf.ndim if kind == FULL else 3)
+        if config.antithetic:
+            factor = sign * factor
         if kind == LOWRANK:
-            return {"a": noise["a"], "b": sign * noise["b"]}
-        return sign * noise
+            return {"a": noise["a"], "b": factor * noise["b"]}
+        return factor * noise
 
-    return jax.tree.unflatten(treedef, [leaf_noise(leaf, kind, i)
-                                        for leaf, kind, i in zip(jax.tree.leaves(params), kinds, ids)])
+    return jax.tree.unflatten(plan.treedef, [leaf_noise(*leaf) for leaf in zip(jax.tree.leaves(params), plan.kinds,
+                                                                               plan.ids, plan.active)])
+
+
+def layer_mask(active: np.ndarray | None, ndim: int) -> Array | float:
+    """1.0, or for a partly frozen stacked leaf its float32 [L, 1, ...] 0/1 layer mask of rank ``ndim``."""
+    if active is None:
+        return 1.0
+    return jnp.asarray(active, jnp.float32).reshape(-1, *(1,) * (ndim - 1))
 
 
 def leaf_scales(config: ESConfig, params: PyTree) -> list[Array | float]:
@@ -118,13 +146,26 @@ def leaf_scales(config: ESConfig, params: PyTree) -> list[Array | float]:
     ``noise_scale="uniform"``; for "rms", float32 ``rms(leaf) / rms(all trainable leaves)`` (1.0 on frozen leaves),
     so that ``sum(scale**2 * leaf.size)`` over trainable leaves equals their element count.
     """
-    leaves, kinds = jax.tree.leaves(params), leaf_plan(config, params)[1]
+    leaves, plan = jax.tree.leaves(params), leaf_plan(config, params)
     if config.noise_scale == "uniform":
         return [1.0] * len(leaves)
-    sq = [jnp.sum(jnp.square(x.astype(jnp.float32))) for x, k in zip(leaves, kinds) if k != FROZEN]
-    total_rms = jnp.sqrt(sum(sq) / sum(x.size for x, k in zip(leaves, kinds) if k != FROZEN))
-    return [1.0 if k == FROZEN else jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32)))) / total_rms
-            for x, k in zip(leaves, kinds)]
+    # per original leaf (each layer of a stacked leaf on its own), in the same order, so that a stacked view and
+    # the per-layer tree get the same scales bit for bit
+    parts = [[x[i] for i in range(x.shape[0])] if np.ndim(ids) else [x] for x, ids in zip(leaves, plan.ids)]
+    live = [[k != FROZEN and (a is None or bool(a[i])) for i in range(len(p))]
+            for p, k, a in zip(parts, plan.kinds, plan.active)]
+    names = [slice_paths(path, x) or [path] for path, x in zip(leaf_paths(params), leaves)]
+    # summed in the per-layer tree's leaf order (its paths sorted key by key), whichever view this is
+    sq = [q for _, q in sorted(((n.split("/"), jnp.sum(jnp.square(x.astype(jnp.float32))))
+                                for p, on, ns in zip(parts, live, names) for x, o, n in zip(p, on, ns) if o),
+                               key=lambda item: item[0])]
+    if not sq:
+        return [1.0] * len(leaves)
+    total_rms = jnp.sqrt(sum(sq) / sum(x.size for p, on in zip(parts, live) for x, o in zip(p, on) if o))
+    rms = lambda x, on: jnp.sqrt(jnp.mean(jnp.square(x.astype(jnp.float32)))) / total_rms if on else 1.0  # noqa: E731
+    return [rms(p[0], on[0]) if not np.ndim(ids) else
+            jnp.stack([jnp.asarray(rms(x, o), jnp.float32) for x, o in zip(p, on)]).reshape(-1, *(1,) * (p[0].ndim))
+            for p, on, ids in zip(parts, live, plan.ids)]
 
 
 def perturb(config: ESConfig, params: PyTree, run_key: Array, iteration: int | Array, member: int | Array) -> PyTree:
@@ -172,6 +213,8 @@ def unit_noise(config: ESConfig, kind: str, shape: tuple[int, ...], key: Array,
     """
     if kind == FROZEN:
         return None
+    if np.ndim(leaf_id):  # a layer-stacked leaf: each layer's own draw, all in one fused loop
+        return jax.vmap(lambda i: unit_noise(config, kind, shape[1:], key, i))(jnp.asarray(leaf_id, jnp.uint32))
     key = jax.random.fold_in(key, leaf_id)
     if kind == FULL:
         return standard_normal(key, shape)
@@ -232,11 +275,27 @@ def add_scaled(p: Array, scale: float | Array, delta: Array) -> Array:
     return (p.astype(jnp.float32) + scale * delta).astype(p.dtype)
 
 
-def leaf_plan(config: ESConfig, params: PyTree) -> tuple[jax.tree_util.PyTreeDef, list[str], list[int]]:
-    """Static per-leaf facts: (treedef, kinds, leaf ids), aligned with ``jax.tree.leaves(params)``."""
-    paths = leaf_paths(params)
-    kinds = [leaf_kind(config, path, leaf) for path, leaf in zip(paths, jax.tree.leaves(params))]
-    return jax.tree.structure(params), kinds, leaf_ids(paths)
+def leaf_plan(config: ESConfig, params: PyTree) -> LeafPlan:
+    """Static per-leaf facts (:class:`LeafPlan`) of ``params`` or of its layer-stacked view."""
+    kinds, ids, active, all_paths = [], [], [], []
+    for path, leaf in zip(leaf_paths(params), jax.tree.leaves(params)):
+        slices = slice_paths(path, leaf)
+        if slices is None:
+            kinds.append(leaf_kind(config, path, leaf))
+            ids.append(leaf_ids([path])[0])
+            active.append(None)
+            all_paths.append(path)
+            continue
+        layer = jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype)
+        layer_kinds = [leaf_kind(config, p, layer) for p in slices]
+        live = sorted(set(layer_kinds) - {FROZEN})  # one kind at most: the layers share shape and dtype
+        kinds.append(live[0] if live else FROZEN)
+        ids.append(np.asarray(leaf_ids(slices), np.uint32))
+        mixed = live and FROZEN in layer_kinds
+        active.append(np.asarray([k != FROZEN for k in layer_kinds]) if mixed else None)
+        all_paths += slices
+    leaf_ids(all_paths)  # raises on a collision
+    return LeafPlan(jax.tree.structure(params), kinds, ids, active)
 
 
 def _materialise(p: Array, f: Array | dict[str, Array] | None) -> Array:
@@ -245,5 +304,5 @@ def _materialise(p: Array, f: Array | dict[str, Array] | None) -> Array:
         return jnp.zeros(p.shape, jnp.float32)
     if isinstance(f, dict):
         r = f["a"].shape[-1]
-        return jnp.matmul(f["a"], f["b"].T, precision=jax.lax.Precision.HIGHEST) / math.sqrt(r)
+        return jnp.matmul(f["a"], jnp.swapaxes(f["b"], -1, -2), precision=jax.lax.Precision.HIGHEST) / math.sqrt(r)
     return f

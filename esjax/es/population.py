@@ -21,9 +21,10 @@ from esjax.common.errors import InputError
 from esjax.distributed.mesh import MODEL_AXIS, POPULATION_AXIS
 from esjax.es.config import ESConfig
 from esjax.common.memory import kv_bytes_per_token
-from esjax.es.noise import FROZEN, FULL, leaf_plan, lowrank_perturb, perturb
+from esjax.es.noise import FROZEN, FULL, leaf_paths, leaf_plan, lowrank_perturb, perturb
 from esjax.models.config import ModelConfig
 from esjax.models.decoder import Params
+from esjax.common.layers import is_stacked_path, stack_layers
 from esjax.generation.sampling import GenerateOutput, Population, SamplingConfig, generate
 
 Array = jax.Array
@@ -48,27 +49,54 @@ def population_params(es: ESConfig, params: Params, run_key: Array, iteration: A
     that differ between members: full rank copies every trained leaf; low rank shares every matrix and stacks just
     the factors and the perturbed non-matrix leaves. Frozen leaves are never copied.
 
-    Members are built one at a time (``lax.map``) into the stacked buffers, each leaf's noise drawn once and added
-    in the same loop: no noise temporaries beyond one member's, and nothing that XLA could fuse into the decoder's
-    consumers and so regenerate per token (with ``vmap`` a profile showed each bias's noise redrawn for every
-    prompt position of the prefill, and the embedding's for every gathered token)."""
-    treedef, kinds, _ = leaf_plan(es, params)
-    leaves = jax.tree.leaves(params)
+    ``params`` may be the layer-stacked view (:mod:`esjax.common.layers`): its stacked leaves get the member axis
+    second, [L, M, ...], so that the decoder's scan over layers slices them without moving the member axis.
+
+    Members are built one at a time (a ``fori_loop`` writing each into the stacked buffers), each leaf's noise drawn
+    once and added in the same loop: no noise temporaries beyond one member's, and nothing that XLA could fuse into
+    the decoder's consumers and so regenerate per token (with ``vmap`` a profile showed each bias's noise redrawn
+    for every prompt position of the prefill, and the embedding's for every gathered token)."""
+    plan = leaf_plan(es, params)
+    leaves, paths = jax.tree.leaves(params), leaf_paths(params)
     if es.noise == "full":
-        axes = jax.tree.unflatten(treedef, [None if k == FROZEN else 0 for k in kinds])
-        trained = iter(jax.lax.map(lambda m: [x for x, k in zip(jax.tree.leaves(
-            perturb(es, params, run_key, iteration, m)), kinds) if k != FROZEN], members))
-        stacked = jax.tree.unflatten(treedef, [p if k == FROZEN else next(trained) for p, k in zip(leaves, kinds)])
+        trained = [k != FROZEN for k in plan.kinds]
+        built = iter(_by_member(members, lambda m: [x for x, t in zip(jax.tree.leaves(
+            perturb(es, params, run_key, iteration, m)), trained) if t], [_member_axis(p) for p, t in
+                                                                          zip(paths, trained) if t]))
+        stacked = jax.tree.unflatten(plan.treedef, [next(built) if t else p for p, t in zip(leaves, trained)])
+        axes = jax.tree.unflatten(plan.treedef, [_member_axis(p) if t else None for p, t in zip(paths, trained)])
         return stacked, None, Population(members.shape[0], axes)
-    axes = jax.tree.unflatten(treedef, [0 if k == FULL else None for k in kinds])
+    full = [k == FULL for k in plan.kinds]
 
     def member(m):
         dense, lowrank = lowrank_perturb(es, params, run_key, iteration, m)
-        return [x for x, k in zip(jax.tree.leaves(dense), kinds) if k == FULL], lowrank
-    full, lowrank = jax.lax.map(member, members)
-    full = iter(full)
-    dense = jax.tree.unflatten(treedef, [next(full) if k == FULL else p for p, k in zip(leaves, kinds)])
-    return dense, _strip_none(lowrank), Population(members.shape[0], axes, 0)
+        return [x for x, f in zip(jax.tree.leaves(dense), full) if f], _strip_none(lowrank)
+    factor_shapes = jax.eval_shape(member, members[0])[1]
+    factor_axes = jax.tree.unflatten(jax.tree.structure(factor_shapes),
+                                     [_member_axis(p) for p in leaf_paths(factor_shapes)])
+    dense_built, factors = _by_member(members, member,
+                                      ([_member_axis(p) for p, f in zip(paths, full) if f], factor_axes))
+    dense_built = iter(dense_built)
+    dense = jax.tree.unflatten(plan.treedef, [next(dense_built) if f else p for p, f in zip(leaves, full)])
+    axes = jax.tree.unflatten(plan.treedef, [_member_axis(p) if f else None for p, f in zip(paths, full)])
+    return dense, factors, Population(members.shape[0], axes, factor_axes)
+
+
+def _member_axis(path: str) -> int:
+    """Where a population buffer holds the member axis: second on a layer-stacked leaf, else first."""
+    return 1 if is_stacked_path(path) else 0
+
+
+def _by_member(members: Array, build: Callable[[Array], Any], axes: Any) -> Any:
+    """``build(m)`` for each of ``members`` (int32 [M]), written into buffers with the member axis at ``axes`` (a
+    tree of ints shaped like ``build``'s output), one member at a time."""
+    shapes = jax.eval_shape(build, members[0])
+    out = jax.tree.map(lambda s, a: jnp.zeros((*s.shape[:a], members.shape[0], *s.shape[a:]), s.dtype), shapes, axes)
+
+    def body(j, out):
+        return jax.tree.map(lambda buf, x, a: jax.lax.dynamic_update_index_in_dim(buf, x, j, a), out,
+                            build(members[j]), axes)
+    return jax.lax.fori_loop(0, members.shape[0], body, out)
 
 
 def member_row_keys(sample_key: Array, members: Array, batch: int) -> Array:
@@ -87,7 +115,8 @@ def rollout_members(es: ESConfig, model: ModelConfig, sampling: SamplingConfig, 
     the chunking, so outputs are the same either way.
     """
     m, b = members.shape[0], tokens.shape[0]
-    stacked, lowrank, population = population_params(es, params, run_key, iteration, members)
+    view = stack_layers(params) if model.scan_layers else params  # fuses into the perturbed copies (full rank)
+    stacked, lowrank, population = population_params(es, view, run_key, iteration, members)
     keys = member_row_keys(sample_key, members, b).reshape(m, b)
 
     def decode(tok, msk, row_keys):  # [c, P], [c, P], [M, c] -> outputs [M, c, ...]

@@ -16,9 +16,10 @@ import jax.numpy as jnp
 import optax
 
 from esjax.es.config import ESConfig
-from esjax.es.noise import (FROZEN, LOWRANK, add_scaled, leaf_plan, leaf_scales, noise_key, trainable_mask,
-                            unit_noise)
+from esjax.es.noise import (FROZEN, LOWRANK, add_scaled, layer_mask, leaf_plan, leaf_scales, noise_key,
+                            trainable_mask, unit_noise)
 from esjax.es.shaping import shape_fitness
+from esjax.common.layers import stack_layers, unstack_layers
 
 Array = jax.Array
 PyTree = Any
@@ -35,8 +36,9 @@ def es_gradient(config: ESConfig, params: PyTree, run_key: Array, iteration: int
         sum its own members and ``psum``; ``first_member`` may be traced (``lax.axis_index``) and must be even
         with antithetic sampling.
 
-    Full-rank leaves loop over members (``lax.fori_loop``), holding one leaf's noise at a time next to the fp32
-    accumulator; antithetic pairs draw their noise once, weighted by ``w_2k - w_2k+1``. Low-rank leaves draw all
+    A leaf's layers are drawn together (on the layer-stacked view, :mod:`esjax.common.layers`), so the program has one
+    noise loop per leaf name, not per layer. Full-rank leaves loop over members (``lax.fori_loop``), holding one
+    leaf's noise at a time next to the fp32 accumulator; antithetic pairs draw their noise once, weighted by ``w_2k - w_2k+1``. Low-rank leaves draw all
     members' factors (small) and contract them in one fp32 einsum.
     """
     w = jnp.asarray(weights, jnp.float32) / config.population_size
@@ -47,22 +49,24 @@ def es_gradient(config: ESConfig, params: PyTree, run_key: Array, iteration: int
     else:
         coeffs, first_index = w, first_member
     keys = jax.vmap(lambda index: noise_key(run_key, iteration, index))(first_index + jnp.arange(coeffs.shape[0]))
-    treedef, kinds, ids = leaf_plan(config, params)
+    view = stack_layers(params)  # a leaf's noise for all layers in one draw: one fused loop per leaf name
+    plan = leaf_plan(config, view)
 
-    def leaf_sum(leaf, kind, leaf_id):
+    def leaf_sum(leaf, kind, leaf_id, active):
         if kind == FROZEN:
             return jnp.zeros(leaf.shape, jnp.float32)
         noise = lambda key: unit_noise(config, kind, leaf.shape, key, leaf_id)  # noqa: E731
         if kind == LOWRANK:
-            f = jax.vmap(noise)(keys)  # {"a": [K, m, r], "b": [K, n, r]}
-            total = jnp.einsum("k,kmr,knr->mn", coeffs, f["a"], f["b"], precision=jax.lax.Precision.HIGHEST)
-            return total / math.sqrt(config.rank)
+            f = jax.vmap(noise)(keys)  # {"a": [K, (L,) m, r], "b": [K, (L,) n, r]}
+            total = jnp.einsum("k,k...mr,k...nr->...mn", coeffs, f["a"], f["b"], precision=jax.lax.Precision.HIGHEST)
+            return layer_mask(active, leaf.ndim) * total / math.sqrt(config.rank)
         body = lambda j, acc: acc + coeffs[j] * noise(keys[j])  # noqa: E731
-        return jax.lax.fori_loop(0, coeffs.shape[0], body, jnp.zeros(leaf.shape, jnp.float32))
+        total = jax.lax.fori_loop(0, coeffs.shape[0], body, jnp.zeros(leaf.shape, jnp.float32))
+        return layer_mask(active, leaf.ndim) * total
 
-    scales = leaf_scales(config, params)
-    return jax.tree.unflatten(treedef, [s * leaf_sum(leaf, kind, i) for leaf, kind, i, s
-                                        in zip(jax.tree.leaves(params), kinds, ids, scales)])
+    scales = leaf_scales(config, view)
+    return unstack_layers(jax.tree.unflatten(plan.treedef, [
+        s * leaf_sum(*leaf) for *leaf, s in zip(jax.tree.leaves(view), plan.kinds, plan.ids, plan.active, scales)]))
 
 
 def apply_update(config: ESConfig, params: PyTree, run_key: Array, iteration: int | Array, fitness: Array) -> PyTree:

@@ -8,6 +8,7 @@ exits when every row is done. Per-token log-probs (float32, logits / temperature
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -16,7 +17,7 @@ import numpy as np
 
 from esjax.common.errors import EsjaxError
 from esjax.models.config import ModelConfig
-from esjax.models.decoder import Decoder, Params, make_model, positions_from_mask
+from esjax.models.decoder import Decoder, Params, make_model, model_variables, positions_from_mask, write_slots
 
 Array = jax.Array
 
@@ -96,11 +97,16 @@ class Population(NamedTuple):
 
 
 def init_cache(config: ModelConfig, batch: int, length: int, dtype: Any, members: int | None = None
-               ) -> tuple[dict[str, Array], ...]:
+               ) -> tuple[dict[str, Array], ...] | dict[str, Array]:
     """Zero KV cache, per layer ``{"k", "v"}`` of [batch, K, length, D] (head-major, the layout attention reads), or
-    [members, batch / members, K, length, D] split by member for a population decode."""
+    [members, batch / members, K, length, D] split by member for a population decode. With
+    ``config.scan_layers``, one ``{"k", "v"}`` of [L, batch, K, length, D] (or [L, members, batch / members, ...])."""
     rows = (batch,) if members is None else (members, batch // members)
-    shape = (*rows, config.num_key_value_heads, length, config.head_dim)
+    layer_shape = (config.num_key_value_heads, length, config.head_dim)
+    if config.scan_layers:  # layer-major, so that the scan over layers slices it as it lies
+        shape = (config.num_hidden_layers, *rows, *layer_shape)
+        return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)}
+    shape = (*rows, *layer_shape)
     return tuple({"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype)} for _ in range(config.num_hidden_layers))
 
 
@@ -111,20 +117,25 @@ def _forward_fn(model: Decoder, params: Params, lowrank: Params | None, populati
     the small per-step inputs and logits are reshaped, so XLA updates the cache in place in the decode loop
     (reshaping the cache every step made it copy all of it several times per token).
     """
-    def one(p, lr, tokens, positions, kv_mask, cache, index):
+    scan = model.config.scan_layers
+
+    def one(p, lr, tokens, positions, kv_mask, cache, index, write=True):  # p, lr: the model's layout
         variables = {"params": p} | ({"lowrank": lr} if lr is not None else {})
-        hidden, cache = model.apply(variables, tokens, positions, kv_mask, cache, index)
+        hidden, cache = model.apply(variables, tokens, positions, kv_mask, cache, index, write)
         return model.apply(variables, hidden[:, -1], method=Decoder.logits), cache
 
     if population is None:
         return lambda *args: one(params, lowrank, *args)
     m = population.size
     split = lambda x: x.reshape(m, x.shape[0] // m, *x.shape[1:])  # noqa: E731
-    batched = jax.vmap(one, in_axes=(population.params_axes, population.lowrank_axes, 0, 0, 0, 0, None))
+    # a scanned decoder's cache is layer-major [L, M, ...] and written here, outside vmap (see Decoder.__call__)
+    cache_axis = 1 if scan else 0
+    batched = jax.vmap(functools.partial(one, write=not scan), out_axes=(0, cache_axis),
+                       in_axes=(population.params_axes, population.lowrank_axes, 0, 0, 0, cache_axis, None))
 
     def fn(tokens, positions, kv_mask, cache, index):
-        logits, cache = batched(params, lowrank, split(tokens), split(positions), split(kv_mask), cache, index)
-        return logits.reshape(-1, logits.shape[-1]), cache
+        logits, out = batched(params, lowrank, split(tokens), split(positions), split(kv_mask), cache, index)
+        return logits.reshape(-1, logits.shape[-1]), write_slots(cache, out, index, axis=4) if scan else out
     return fn
 
 
@@ -152,7 +163,8 @@ def generate(config: ModelConfig, params: Params, prompt_tokens: Array, prompt_m
     """
     dtype = jnp.dtype(compute_dtype or decode_dtype(params))
     params = jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params)
-    forward = _forward_fn(make_model(config, dtype=dtype), params, lowrank, population)
+    variables = model_variables(config, params, lowrank)  # laid out once, outside the decode loop
+    forward = _forward_fn(make_model(config, dtype=dtype), variables["params"], variables.get("lowrank"), population)
     batch, prompt_len = prompt_tokens.shape
     steps = sampling.max_new_tokens
     eos = jnp.asarray(sampling.eos_token_ids or (-1,), jnp.int32)

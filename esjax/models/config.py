@@ -31,6 +31,8 @@ class ModelConfig:
 
     ``rope_scaling`` is a tuple of (key, value) pairs (hashable) holding the normalised RoPE parameters. The
     ``hf_*_json`` fields keep the source's files for export (not compared: no effect on compiled code).
+    ``scan_layers`` is an execution choice, not part of the model: :func:`esjax.models.decoder.with_layer_scan`
+    sets it, and :meth:`to_dict` leaves it out.
     """
 
     model_type: str
@@ -53,6 +55,8 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = ()
     bos_token_id: int | None = None
     pad_token_id: int | None = None
+    # how the decoder runs its layers: an execution choice, never stored (models.decoder.with_layer_scan)
+    scan_layers: bool = False
     hf_config_json: str = dataclasses.field(default="{}", compare=False, repr=False)
     hf_generation_json: str = dataclasses.field(default="{}", compare=False, repr=False)
     hf_weight_map_json: str = dataclasses.field(default="{}", compare=False, repr=False)  # tensor name -> file
@@ -115,6 +119,7 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["rope_scaling"] = dict(self.rope_scaling)
+        del out["scan_layers"]
         return out
 
     @classmethod
@@ -123,7 +128,7 @@ class ModelConfig:
         ``generation_config.json`` it records (with every check of :func:`config_from_hf`), each stored field must
         equal the rebuilt one, and the weight map must name plain ``*.safetensors`` files; else ModelConfigError
         naming ``where`` and the field."""
-        names = [f.name for f in dataclasses.fields(cls)]
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "scan_layers"]
         if not isinstance(d, dict) or sorted(d) != sorted(names):
             found = sorted(d) if isinstance(d, dict) else type(d).__name__
             raise ModelConfigError(f"{where}: expected an object with the fields {names}, got {found}")

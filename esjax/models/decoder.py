@@ -11,6 +11,7 @@ The caller folds the noise scale into ``b``.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from esjax.models.config import ModelConfig
+from esjax.common.layers import STACKED, stack_layers, unstack_layers
 
 Array = jax.Array
 Params = dict[str, Any]
@@ -111,7 +113,7 @@ class Attention(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, cos, sin, kv_mask, cache, cache_index):
+    def __call__(self, x, cos, sin, kv_mask, cache, cache_index, scanned=False):
         c, (b, t, _) = self.config, x.shape
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         q = Linear(c.num_attention_heads * c.head_dim, c.qkv_bias, name="q_proj", **kw)(x)
@@ -129,9 +131,12 @@ class Attention(nn.Module):
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
         if cache is not None:
             index = (0, 0, cache_index, 0)
-            k = jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), index)
-            v = jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), index)
-            cache = {"k": k, "v": v}
+            new = {"k": k.astype(cache["k"].dtype), "v": v.astype(cache["v"].dtype)}
+            k = jax.lax.dynamic_update_slice(cache["k"], new["k"], index)
+            v = jax.lax.dynamic_update_slice(cache["v"], new["v"], index)
+            # a scanned layer reads its cache and returns just the new slots (the decoder writes all layers' at
+            # once, outside the scan: a cache carried through the scan made XLA copy all of it per token)
+            cache = new if scanned else {"k": k, "v": v}
             if isinstance(cache_index, int):  # static (prefill): later slots are invisible to these queries
                 k, v, kv_mask = k[:, :, :cache_index + t], v[:, :, :cache_index + t], kv_mask[:, :cache_index + t]
             k, v = k.astype(self.dtype), v.astype(self.dtype)
@@ -168,17 +173,23 @@ class Block(nn.Module):
     param_dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, cos, sin, kv_mask, cache, cache_index):
+    def __call__(self, x, cos, sin, kv_mask, cache, cache_index, scanned=False):
+        """Returns (x, cache): the cache updated, or with ``scanned`` just the new slots ``{"k", "v"}`` [B, K, T, D]."""
         c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h, cache = Attention(c, name="self_attn", **kw)(
-            RMSNorm(c.rms_norm_eps, name="input_layernorm", **kw)(x), cos, sin, kv_mask, cache, cache_index)
+            RMSNorm(c.rms_norm_eps, name="input_layernorm", **kw)(x), cos, sin, kv_mask, cache, cache_index, scanned)
         x = x + h
         x = x + MLP(c, name="mlp", **kw)(RMSNorm(c.rms_norm_eps, name="post_attention_layernorm", **kw)(x))
         return x, cache
 
 
 class Decoder(nn.Module):
-    """Causal LM. ``__call__`` returns (hidden [B, T, D] after the final norm, new cache); ``logits`` is the head."""
+    """Causal LM. ``__call__`` returns (hidden [B, T, D] after the final norm, new cache); ``logits`` is the head.
+
+    With ``config.scan_layers`` the params (and low-rank factors) are the stacked view of
+    :mod:`esjax.common.layers` and the cache is ``{"k", "v"}`` of [L, B, K, S, D]: one ``lax.scan`` runs the layers.
+    Otherwise the L layers are unrolled over ``layers_<i>`` params and a per-layer cache tuple.
+    """
 
     config: ModelConfig
     dtype: Any = jnp.float32
@@ -187,22 +198,47 @@ class Decoder(nn.Module):
     def setup(self):
         c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
         self.embed_tokens = Embed(c.vocab_size, c.hidden_size, **kw)
-        self.layers = [Block(c, **kw) for _ in range(c.num_hidden_layers)]
+        if not c.scan_layers:  # else the stacked params are read in _scan
+            self.layers = [Block(c, **kw) for _ in range(c.num_hidden_layers)]
         self.norm = RMSNorm(c.rms_norm_eps, **kw)
         if not c.tie_word_embeddings:
             self.lm_head = Linear(c.vocab_size, False, **kw)
 
     def __call__(self, tokens: Array, positions: Array, kv_mask: Array, cache: KVCache | None = None,
-                 cache_index: Array | int = 0) -> tuple[Array, KVCache | None]:
+                 cache_index: Array | int = 0, write_cache: bool = True) -> tuple[Array, KVCache | None]:
         """tokens, positions: int32 [B, T]; kv_mask: [B, S] 0/1 validity of every key slot (S = T without cache,
-        the cache length with one); the T new tokens occupy slots ``cache_index .. cache_index + T - 1``."""
+        the cache length with one); the T new tokens occupy slots ``cache_index .. cache_index + T - 1``.
+
+        With ``scan_layers`` and ``write_cache=False`` the second output is just the new slots ``{"k", "v"}``
+        [L, B, K, T, D], for the caller to write (:func:`write_slots`): under ``vmap`` over members, a write inside
+        made JAX move the member axis of the whole cache, a copy per token."""
         x = self.embed_tokens(tokens)
         cos, sin = rope_cos_sin(positions, jnp.asarray(self.config.inv_freq()), self.dtype)
+        if self.config.scan_layers:
+            x, new = self._scan(x, cos, sin, kv_mask, cache, cache_index)
+            if cache is not None and write_cache:
+                cache = write_slots(cache, new, cache_index)
+            return self.norm(x), (new if cache is not None and not write_cache else cache)
         new_cache = []
         for i, layer in enumerate(self.layers):
             x, layer_cache = layer(x, cos, sin, kv_mask, None if cache is None else cache[i], cache_index)
             new_cache.append(layer_cache)
         return self.norm(x), (None if cache is None else tuple(new_cache))
+
+    def _scan(self, x, cos, sin, kv_mask, cache, cache_index):
+        """The layers as one ``lax.scan`` over the stacked params, factors and cache (read only) -> (x, the new keys
+        and values of all layers [L, B, K, T, D]): a cache carried through the scan and written in it made XLA copy
+        all of it per token."""
+        stacked = self.get_variable("params", STACKED)
+        lowrank = self.get_variable("lowrank", STACKED) if self.has_variable("lowrank", STACKED) else None
+        block = Block(self.config, dtype=self.dtype, param_dtype=self.param_dtype, parent=None)
+
+        def step(x, layer):
+            params, factors, layer_cache = layer
+            variables = {"params": params} | ({"lowrank": factors} if factors is not None else {})
+            return block.apply(variables, x, cos, sin, kv_mask, layer_cache, cache_index, True)
+
+        return jax.lax.scan(step, x, (stacked, lowrank, cache))
 
     def logits(self, hidden: Array) -> Array:
         """float32 logits [..., V] from final hidden states [..., D]."""
@@ -215,6 +251,28 @@ class Decoder(nn.Module):
         return self.logits(self(tokens, positions, kv_mask)[0])
 
 
+def with_layer_scan(config: ModelConfig, setting: Any = "auto", platform: str | None = None) -> ModelConfig:
+    """``config`` with ``scan_layers`` from a setting: True/False, or "auto" = scan on TPUs (``platform`` default:
+    ``jax.default_backend()``), where a dynamic slice of the stacked weights fuses into the matmul and compile time
+    is what scanning saves; CPUs and GPUs run the layers unrolled."""
+    if setting == "auto":
+        scan = (platform or jax.default_backend()) == "tpu"
+    else:
+        scan = bool(setting)
+    return dataclasses.replace(config, scan_layers=scan)
+
+
+def write_slots(cache: dict[str, Array], new: dict[str, Array], cache_index: Array | int,
+                axis: int = 3) -> dict[str, Array]:
+    """A scanned decoder's cache [L, ..., S, D] with the new slots [L, ..., T, D] written at ``cache_index`` along
+    the slot ``axis`` (3 for [L, B, K, S, D]; 4 with a member axis)."""
+    def write(buf, slots):
+        index = [0] * buf.ndim
+        index[axis] = cache_index
+        return jax.lax.dynamic_update_slice(buf, slots.astype(buf.dtype), index)
+    return {name: write(cache[name], new[name]) for name in ("k", "v")}
+
+
 def make_model(config: ModelConfig, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32) -> Decoder:
     return Decoder(config, dtype=jnp.dtype(dtype), param_dtype=jnp.dtype(param_dtype))
 
@@ -225,9 +283,9 @@ def positions_from_mask(attention_mask: Array) -> Array:
 
 
 def init_params(config: ModelConfig, key: Array, dtype: Any = jnp.float32) -> Params:
-    """Random parameters (normal 0.02, norms 1, biases 0) in ``dtype``."""
+    """Random parameters (normal 0.02, norms 1, biases 0) in ``dtype``, one ``layers_<i>`` subtree per layer."""
     tokens = jnp.zeros((1, 1), jnp.int32)
-    model = make_model(config, param_dtype=dtype)
+    model = make_model(dataclasses.replace(config, scan_layers=False), param_dtype=dtype)
     return model.init(key, tokens, tokens, jnp.ones((1, 1), jnp.int32), method=Decoder.logits_full)["params"]
 
 
@@ -236,9 +294,16 @@ def param_shapes(config: ModelConfig, dtype: Any = jnp.float32) -> Params:
     return jax.eval_shape(lambda k: init_params(config, k, dtype), jax.random.key(0))
 
 
+def model_variables(config: ModelConfig, params: Params, lowrank: Params | None = None) -> dict[str, Params]:
+    """``Decoder.apply``'s variables in the layout ``config`` runs: the stacked view with ``scan_layers`` (a copy
+    of the layers unless they come stacked: hoist this out of loops), else one subtree per layer."""
+    layout = stack_layers if config.scan_layers else unstack_layers
+    return {"params": layout(params)} | ({"lowrank": layout(lowrank)} if lowrank is not None else {})
+
+
 def _apply(config, params, tokens, attention_mask, lowrank, compute_dtype, hidden_only):
     model = make_model(config, dtype=compute_dtype or jax.tree.leaves(params)[0].dtype)
-    variables = {"params": params} | ({"lowrank": lowrank} if lowrank is not None else {})
+    variables = model_variables(config, params, lowrank)
     hidden, _ = model.apply(variables, tokens, positions_from_mask(attention_mask), attention_mask)
     return hidden if hidden_only else model.apply(variables, hidden, method=Decoder.logits)
 

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import jax.numpy as jnp
 
+from esjax.models.decoder import with_layer_scan
 from esjax.run.compile import DEFAULT_PROMPT_LEN, analyse, build_programs, members_guess, model_shape
 from esjax.methods import registry
 from esjax.run.plan import plan_devices
@@ -37,6 +38,7 @@ def compile_settings(settings: RunSettings, target: Target, prompt_len: int = DE
     config, stored = model_shape(settings.model.path)
     dtype = jnp.dtype(settings.model.dtype or stored)
     mesh = plan_devices(settings, target.count).build(list(target.devices))
+    config = with_layer_scan(config, settings.model.scan_layers, target.devices[0].platform)
     limit = memory_bytes or target.memory_bytes
     members = members_guess(settings, config, dtype, target, mesh, prompt_len)
     t0 = time.perf_counter()
@@ -50,7 +52,7 @@ def compile_settings(settings: RunSettings, target: Target, prompt_len: int = DE
     return {"target": {"name": target.name, "kind": target.kind, "devices": target.count, "memory_bytes": limit,
                        "deviceless": target.deviceless},
             "model": {"path": settings.model.path, "params": config.num_params(), "dtype": dtype.name,
-                      "layers": config.num_hidden_layers},
+                      "layers": config.num_hidden_layers, "scan_layers": config.scan_layers},
             "method": settings.method, "mesh": {str(k): int(v) for k, v in mesh.shape.items()},
             "members_at_once": members, "prompts": settings.train.prompts_per_iteration, "prompt_len": prompt_len,
             "max_new_tokens": settings.sampling.max_new_tokens, "programs": programs,

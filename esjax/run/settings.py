@@ -39,6 +39,8 @@ class ModelSettings:
     path: str = "embedded"  # an HF directory, an esjax checkpoint, or "embedded" (the packaged tiny model)
     dtype: DType | None = None  # parameter dtype; None keeps the checkpoint's
     compute_dtype: DType | None = None
+    # run the layers as one lax.scan (compile once, not per layer): auto = on TPUs (esjax.common.layers)
+    scan_layers: Literal["auto", True, False] = "auto"
 
     def __post_init__(self):
         if not self.path:

@@ -22,6 +22,7 @@ from esjax.methods import registry
 from esjax.methods.protocol import Method
 from esjax.models import load_model
 from esjax.models.decoder import Params
+from esjax.models.decoder import with_layer_scan
 from esjax.models.sharding import param_shardings
 from esjax.models.store import LoadedModel
 from esjax.run.directory import RunDirError, prepare_run_dir_once
@@ -79,6 +80,8 @@ def set_up(settings: RunSettings, out_dir: str | Path, resume: bool, changes: Ma
     memory_plan = check_fits(settings, batch_shape(settings, stages[0])[1])
     # params are born on the mesh: replicated over the method's axis, split over "model" by the partition rules
     model = load_model(path, dtype=settings.model.dtype, sharding=lambda config: param_shardings(mesh, config))
+    model = model._replace(config=with_layer_scan(model.config, settings.model.scan_layers,
+                                                  mesh.devices.flat[0].platform))
     prepare_run_dir_once(out_dir, settings, resume)
     setup = RunSetup(settings, out_dir, mesh, model, tokenizer, eval_sampling, stages, log)
     report_plan(setup, memory_plan)
