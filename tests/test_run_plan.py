@@ -77,8 +77,14 @@ def test_es_report_counts_work_and_memory_per_device():
     kv = 200 * 1152 * (2 * 24 * 2 * 64 * 2) / 2  # rows x tokens x K/V bytes per token, 2 KV heads split over 2
     assert mem["weights"] == d * 2 // 2 and mem["master_fp32"] == d * 4 // 2
     assert mem["perturbed_copies"] == 2 * d * 2 // 2 and mem["kv_cache"] == 2 * kv
-    assert mem["total"] == mem["weights"] + mem["master_fp32"] + mem["perturbed_copies"] + mem["kv_cache"]
-    assert 4.9 < mem["total"] / GiB < 5.0  # 0.46 weights + 0.92 master + 0.92 copies + 2.64 KV
+    # the decode's other temporaries, 2 members x 200 rows: the prefill's MLP, attention and hidden buffers, logits
+    rows = 400
+    act = rows * 128 * (3 * 4864 / 2 + 4 * 896) * 2 + 2 * rows * 14 / 2 * 128 ** 2 * 4 + 3 * rows * 151936 * 4
+    assert mem["activations"] == int(act)
+    assert abs(mem["total"] - (mem["weights"] + mem["master_fp32"] + mem["perturbed_copies"] + mem["kv_cache"]
+                               + act)) <= 1
+    assert 6.9 < mem["total"] / GiB < 7.1  # 0.46 weights + 0.92 master + 0.92 copies + 2.64 KV + 2.06 activations
+    assert plan["program_bytes"]["es update"] < plan["program_bytes"]["es rollout"] == mem["total"]
     lines = format_plan(plan)
     assert "using 8; mesh population 4 x model 2" in lines and "8 members per device group, 2 decoded at once" in lines
 
@@ -92,6 +98,7 @@ def test_grpo_report_rows_per_device():
     assert plan["rollout_rows"] == 256 and plan["rows_per_device"] == 64
     mem = plan["memory_per_device_bytes"]
     assert mem["state"] == 18 * 494_032_768 / 2 and mem["kv_cache"] == 64 * 1152 * 12288 / 2
+    assert mem["activations"] > 0 and plan["program_bytes"]["grpo update"] == mem["state"]
 
 
 def test_a_run_writes_its_plan(qwen2_dir, tmp_path, capsys):

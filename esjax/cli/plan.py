@@ -55,6 +55,10 @@ def run(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"{args.config}: config file not found")
     if args.json and not Path(args.json).parent.is_dir():
         raise FileNotFoundError(f"--json {args.json}: no such directory {Path(args.json).parent}")
+    import jax
+    # the plan reports compile times, so it compiles (and a deviceless TPU executable cannot be read back from the
+    # persistent cache anyway: JAX warns on every lookup)
+    jax.config.update("jax_enable_compilation_cache", False)
     device = target(args.topology)
     memory = int(args.device_memory * GiB) if args.device_memory else None
     report = plan(args.config, args.set, device, args.prompt_len, memory, search=not args.no_search,

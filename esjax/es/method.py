@@ -35,18 +35,25 @@ def _check(es: ESConfig, settings: Any) -> None:
 
 
 def plan(es: ESConfig, model: ModelConfig, dtype_bytes: int, groups: int, mp: int, prompts: int, seq: int,
-         at_once: int | None) -> dict[str, Any]:
+         at_once: int | None, prompt_len: int = 0) -> dict[str, Any]:
     """Members per device group, how many decode at once over how many prompts, and :func:`memory.es_memory`."""
     local = es.population_size // groups
     at_once = local if es.noise == "lowrank" else (at_once or 1)
     rows = min(prompts, es.prompt_chunk or prompts)
     kv_token = memory.kv_bytes_per_token(model.num_hidden_layers, model.num_key_value_heads, model.head_dim,
                                          dtype_bytes)
-    largest_leaf = max(model.vocab_size * model.hidden_size, model.hidden_size * model.intermediate_size)
+    # the update draws a leaf name's noise for all layers at once (es.update.es_gradient)
+    largest_leaf = max(model.vocab_size * model.hidden_size,
+                       model.num_hidden_layers * model.hidden_size * model.intermediate_size)
+    activations = memory.decode_activations(at_once * rows, prompt_len, model.hidden_size, model.intermediate_size,
+                                            model.num_attention_heads, model.vocab_size, mp, dtype_bytes)
     estimate = memory.es_memory(model.num_params(), largest_leaf, kv_token, model.num_key_value_heads, mp, at_once,
-                                rows, seq, es.noise, dtype_bytes, es.master_fp32)
+                                rows, seq, es.noise, dtype_bytes, es.master_fp32, activations)
+    per_program = memory.es_programs(estimate)
     return {"population": es.population_size, "members_per_device": local, "members_at_once": at_once,
-            "prompts_per_decode": rows, "noise": es.noise, "memory_per_device_bytes": estimate}
+            "prompts_per_decode": rows, "noise": es.noise, "memory_per_device_bytes": estimate,
+            "program_bytes": {"es rollout": per_program["rollout"], "es update": per_program["update"]},
+            "resident_bytes": estimate["weights"] + estimate["master_fp32"]}
 
 
 def describe(plan: dict) -> str:

@@ -40,14 +40,18 @@ def _check(grpo: GRPOConfig, settings: Any) -> None:
 
 
 def plan(grpo: GRPOConfig, model: ModelConfig, dtype_bytes: int, groups: int, mp: int, prompts: int, seq: int,
-         at_once: int | None = None) -> dict[str, Any]:
+         at_once: int | None = None, prompt_len: int = 0) -> dict[str, Any]:
     """Rollout rows per device group and :func:`memory.grpo_memory`."""
     rows = prompts * grpo.num_generations
     kv_token = memory.kv_bytes_per_token(model.num_hidden_layers, model.num_key_value_heads, model.head_dim,
                                          dtype_bytes)
+    activations = memory.decode_activations(rows // groups, prompt_len, model.hidden_size, model.intermediate_size,
+                                            model.num_attention_heads, model.vocab_size, mp, dtype_bytes)
     estimate = memory.grpo_memory(model.num_params(), kv_token, model.num_key_value_heads, mp, rows // groups, seq,
-                                  dtype_bytes)
-    return {"rollout_rows": rows, "rows_per_device": rows // groups, "memory_per_device_bytes": estimate}
+                                  dtype_bytes, activations)
+    return {"rollout_rows": rows, "rows_per_device": rows // groups, "memory_per_device_bytes": estimate,
+            "program_bytes": {"grpo rollout": estimate["total"], "grpo update": estimate["state"]},
+            "resident_bytes": estimate["state"]}
 
 
 def describe(plan: dict) -> str:

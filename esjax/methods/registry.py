@@ -38,8 +38,10 @@ class MethodSpec:
         check: (config, run settings) -> None; the checks that span its section and the others (a ValueError
             names the problem), e.g. GRPO's sampling temperature.
         build: (config, model config, sampling, mesh, params, batch shape) -> :class:`Method`.
-        plan: (config, ModelConfig, dtype bytes, groups, model axis, prompts, sequence length, rows at once) ->
-            its work per device and the memory terms ``{"memory_per_device_bytes": {..., "total"}}``.
+        plan: (config, ModelConfig, dtype bytes, groups, model axis, prompts, sequence length, rows at once,
+            prompt length) -> its work per device and the memory terms ``{"memory_per_device_bytes": {..., "total"}}``,
+            optionally with ``"program_bytes"`` (formula per program name, compared with the compiled programs by
+            ``esjax plan``) and ``"resident_bytes"`` (what stays on a device between programs).
         describe: plan dict -> one line of the start-of-run report.
         decode_rows: (config, model config, new tokens, mesh, params, batch shape) -> how many of a device's
             units decode at once (None: all of them), for the plan.

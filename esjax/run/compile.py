@@ -117,6 +117,12 @@ def members_guess(settings: RunSettings, model: ModelConfig, dtype: Any, target:
     return spec.decode_rows(config, model, new_tokens, mesh, param_shapes(model, dtype), (batch, prompt_len))
 
 
+def eval_rows(settings: RunSettings) -> int:
+    """Rows of one evaluation decode: the eval batch, or the first stage's whole eval split when smaller."""
+    stage = settings.task_stages()[0]
+    return min(settings.train.eval_batch_size, stage.eval_limit or settings.train.eval_batch_size)
+
+
 def build_programs(settings: RunSettings, model: ModelConfig, dtype: Any, mesh: Any, prompt_len: int,
                    members: int | None = None) -> list[Program]:
     """The programs of one iteration (the method's own, ``MethodSpec.programs``) and of an evaluation, with
@@ -128,8 +134,7 @@ def build_programs(settings: RunSettings, model: ModelConfig, dtype: Any, mesh: 
     batch = settings.train.prompts_per_iteration
     method = spec.programs(settings.method_config, model, sampling_of(settings, model), mesh, params, batch,
                            prompt_len, members)
-    stage = settings.task_stages()[0]
-    rows = min(settings.train.eval_batch_size, stage.eval_limit or settings.train.eval_batch_size)
+    rows = eval_rows(settings)
     eval_tokens, key = abstract(mesh, (rows, prompt_len), jnp.int32), abstract_key(mesh)
     evaluation = sampling_of(settings, model, evaluation=True)
     return [*method.programs, Program("evaluate", lambda: generate_jit.lower(

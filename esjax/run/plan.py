@@ -96,7 +96,7 @@ def plan_report(method: str, method_config: Any, model: ModelConfig, param_dtype
         "param_dtype": str(jnp.dtype(param_dtype)), "prompts_per_iteration": prompts, "prompt_len": prompt_len,
         "max_new_tokens": max_new_tokens}
     plan |= spec.plan(method_config, model, jnp.dtype(param_dtype).itemsize, groups, mp, prompts,
-                      prompt_len + max_new_tokens, members_at_once)
+                      prompt_len + max_new_tokens, members_at_once, prompt_len)
     plan["memory_per_device_bytes"] = {k: int(v) for k, v in plan["memory_per_device_bytes"].items()}
     return plan
 

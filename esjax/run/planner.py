@@ -15,7 +15,7 @@ from typing import Any, Callable
 import jax.numpy as jnp
 
 from esjax.models.decoder import with_layer_scan
-from esjax.run.compile import DEFAULT_PROMPT_LEN, analyse, build_programs, members_guess, model_shape
+from esjax.run.compile import DEFAULT_PROMPT_LEN, analyse, build_programs, eval_rows, members_guess, model_shape
 from esjax.methods import registry
 from esjax.run.plan import plan_devices
 from esjax.run.settings import RunSettings, SettingsError, load_settings
@@ -45,9 +45,15 @@ def compile_settings(settings: RunSettings, target: Target, prompt_len: int = DE
     programs = [analyse(p) for p in build_programs(settings, config, dtype, mesh, prompt_len, members)]
     for p in programs:
         p["fits"] = limit is None or p["total"] <= limit
-    formula = plan_report(settings.method, settings.method_config, config, dtype, mesh,
-                          settings.train.prompts_per_iteration, prompt_len, settings.sampling.max_new_tokens,
-                          members)["memory_per_device_bytes"]
+    report = plan_report(settings.method, settings.method_config, config, dtype, mesh,
+                         settings.train.prompts_per_iteration, prompt_len, settings.sampling.max_new_tokens, members)
+    formula = report["memory_per_device_bytes"]
+    per_program = dict(report.get("program_bytes", {}))
+    if "resident_bytes" in report:
+        per_program["evaluate"] = report["resident_bytes"] + evaluate_bytes(settings, config, dtype, mesh, prompt_len)
+    for p in programs:
+        if p["program"] in per_program:
+            p["formula"] = int(per_program[p["program"]])
     peak = max(programs, key=lambda p: p["total"])
     return {"target": {"name": target.name, "kind": target.kind, "devices": target.count, "memory_bytes": limit,
                        "deviceless": target.deviceless},
@@ -59,6 +65,20 @@ def compile_settings(settings: RunSettings, target: Target, prompt_len: int = DE
             "peak_bytes": peak["total"], "peak_program": peak["program"], "fits": all(p["fits"] for p in programs),
             "formula_bytes": {k: int(v) for k, v in formula.items()},
             "compile_s": round(time.perf_counter() - t0, 1)}
+
+
+def evaluate_bytes(settings: RunSettings, model: Any, dtype: Any, mesh: Any, prompt_len: int) -> float:
+    """The formula's evaluation decode per device, besides what stays resident: its rows' KV cache and
+    activations (:mod:`esjax.common.memory`), the rows split over the data axis as ``build_programs`` feeds them."""
+    from esjax.common import memory
+    rows = eval_rows(settings)
+    mp = int(mesh.shape.get("model", 1))
+    size = jnp.dtype(dtype).itemsize
+    seq = prompt_len + (settings.sampling.eval_max_new_tokens or settings.sampling.max_new_tokens)
+    kv = rows * seq * memory.kv_bytes_per_token(model.num_hidden_layers, model.num_key_value_heads, model.head_dim,
+                                                size) / memory.kv_split(model.num_key_value_heads, mp)
+    return kv + memory.decode_activations(rows, prompt_len, model.hidden_size, model.intermediate_size,
+                                          model.num_attention_heads, model.vocab_size, mp, size)
 
 
 def candidates(settings: RunSettings, report: dict[str, Any], devices: int) -> list[str]:
@@ -176,8 +196,11 @@ def format_plan(report: dict[str, Any]) -> str:
         lines.append(f"{p['program']:13s} {sizes}  {flops:>8s} "
                      f"{moved:>8s} {p['compile_s']:>9.1f}  {verdict(p['total'], limit)}"
                      + (" (temporaries alone: the compiler refused it)" if "compile_error" in p else ""))
+    ratios = ", ".join(f"{p['program']} {p['total'] / p['formula']:.2f}x" for p in report["programs"]
+                       if p.get("formula"))
     lines.append(f"formula (esjax.common.memory): {_size(report['formula_bytes']['total'])} per device; "
-                 f"compiled peak {_size(report['peak_bytes'])} ({report['peak_program']})")
+                 f"compiled peak {_size(report['peak_bytes'])} ({report['peak_program']})"
+                 + (f"; compiled / formula: {ratios}" if ratios else ""))
     if report["fits"]:
         lines.append(f"verdict: {verdict(report['peak_bytes'], limit)}")
     else:
