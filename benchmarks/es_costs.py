@@ -11,7 +11,11 @@ taken side by side mean anything.
 1. ``start``: ``esjax demo`` (4 iterations) and ``esjax generate`` as separate processes, each pair on a fresh
    cache folder: the first process compiles (cold), the second loads its programs from XLA's persistent cache
    (warm). First iteration = the metrics' ``seconds`` of iteration 0 (rollout + scoring + update, compilation
-   included); steady = the median of the later iterations.
+   included: by default the step compiles in background threads beside the stage's first evaluation, see
+   ``train.compile_ahead``); steady = the median of the later iterations. The same pair with
+   ``train.compile_ahead=false`` (``demo_plain_*``: each program compiled when first called), and each round a
+   process of the ES paper's loop on the demo's shape (``reference_loop.py``: PyTorch eager, nothing to
+   compile), whose first iteration is the yardstick of esjax's cold one. Wall and CPU seconds per process.
 2. ``update``: the jitted ES update (``es.update.update_state``) of N members against (a) the ES paper's loop
    (github.com/VsonicV/es-fine-tuning-paper: per parameter, per member, ``torch.manual_seed``, ``torch.randn``,
    ``mul_``, ``add_``; PyTorch on the same CPU, same shapes and N) and (b) one jitted pass that reads and writes
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -81,51 +86,96 @@ def alternate(fns: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict[str
 
 
 # ------------------------------------------------------------------------------------------------ 1. start-up
-def _cli(args: list[str], cache: Path) -> tuple[float, subprocess.CompletedProcess]:
+def _cli(args: list[str], cache: Path) -> tuple[float, float, subprocess.CompletedProcess]:
+    """Run ``esjax ARGS`` with ``cache`` as the compilation cache: (wall s, CPU s of the process, the run)."""
     env = {**os.environ, "ESJAX_COMPILATION_CACHE": str(cache), "PYTHONPATH": str(CODE[0])}
-    start = time.perf_counter()
-    run = subprocess.run([sys.executable, "-m", "esjax.cli", *args], env=env, capture_output=True, text=True)
+    return _timed([sys.executable, "-m", "esjax.cli", *args], env)
+
+
+def _timed(command: list[str], env: dict[str, str]) -> tuple[float, float, subprocess.CompletedProcess]:
+    before, start = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    run = subprocess.run(command, env=env, capture_output=True, text=True)
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
     if run.returncode:
-        raise RuntimeError(f"esjax {' '.join(args)} failed: {run.stderr[-2000:]}")
-    return time.perf_counter() - start, run
+        raise RuntimeError(f"{' '.join(command[1:4])} failed: {run.stderr[-2000:]}")
+    return wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, run
 
 
-def demo_run(out: Path, cache: Path, iterations: int) -> dict[str, float]:
-    """One ``esjax demo`` process: its wall time, first and steady iteration seconds."""
-    wall, _ = _cli(["demo", "--out", str(out), "--set", f"train.iterations={iterations}", "--set",
-                    f"train.checkpoint_every={iterations}"], cache)
+def demo_run(out: Path, cache: Path, iterations: int, ahead: bool = True) -> dict[str, float]:
+    """One ``esjax demo`` process (``ahead``: ``train.compile_ahead``): its wall and CPU time, the first and steady
+    iteration seconds, and how the first iteration split into rollout and update."""
+    wall, cpu, _ = _cli(["demo", "--out", str(out), "--no-progress", "--set", f"train.iterations={iterations}",
+                         "--set", f"train.checkpoint_every={iterations}", "--set",
+                         f"train.compile_ahead={str(ahead).lower()}"], cache)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    seconds = [r["seconds"] for r in sorted(records, key=lambda r: r["iteration"]) if "seconds" in r]
+    steps = [r for r in sorted(records, key=lambda r: r["iteration"]) if "seconds" in r]
+    seconds = [r["seconds"] for r in steps]
     steady = float(np.median(seconds[1:]))
-    return {"process_s": round(wall, 2), "first_iteration_s": round(seconds[0], 3),
-            "steady_iteration_s": round(steady, 3), "first_over_steady": round(seconds[0] / steady, 2)}
+    return {"process_s": round(wall, 2), "process_cpu_s": round(cpu, 2), "first_iteration_s": round(seconds[0], 3),
+            "first_rollout_s": round(steps[0]["time/rollout_s"], 3),
+            "first_update_s": round(steps[0]["time/update_s"], 3), "steady_iteration_s": round(steady, 3),
+            "first_over_steady": round(seconds[0] / steady, 2)}
 
 
-def measure_start(repeats: int, iterations: int = 4, demo: bool = True, model: str | None = None) -> dict:
+def reference_run(iterations: int) -> dict[str, Any]:
+    """One process of the ES paper's loop on the demo's shape (``benchmarks/reference_loop.py``)."""
+    wall, cpu, run = _timed([sys.executable, str(Path(__file__).parent / "reference_loop.py"), "--iterations",
+                             str(iterations)], {**os.environ, "PYTHONPATH": str(ROOT)})
+    return json.loads(run.stdout.strip().splitlines()[-1]) | {"process_cpu_s": round(cpu, 2)}
+
+
+def measure_start(repeats: int, iterations: int = 4, demo: bool = True, model: str | None = None,
+                  reference: bool = False, plain: bool = False) -> dict:
     """Cold and warm processes of ``esjax demo`` (if ``demo``) and ``esjax generate`` (24 new tokens, greedy, from
-    ``model``, default the demo's embedded model), ``repeats`` cold/warm pairs, each pair on a fresh cache."""
+    ``model``, default the demo's embedded model), ``repeats`` cold/warm pairs, each pair on a fresh cache; with
+    ``plain``, a demo pair with ``train.compile_ahead=false`` too (its own fresh cache); with ``reference``, a
+    process of the ES paper's loop on the demo's shape (``reference_loop.py``) each round."""
     from esjax.run.embedded import EMBEDDED_MODEL_DIR
     model = model or str(EMBEDDED_MODEL_DIR)
     result: dict[str, Any] = {"load_before": load(), "demo_iterations": iterations if demo else 0}
-    runs: dict[str, list] = {"demo_cold": [], "demo_warm": [], "generate_cold": [], "generate_warm": []}
+    kinds = [("", True)] + ([("_plain", False)] if demo and plain else [])
+    runs: dict[str, list] = {f"demo{k}_{label}": [] for k, _ in kinds for label in ("cold", "warm")}
+    runs |= {"generate_cold": [], "generate_warm": [], "reference": [], "load": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(repeats):
-            cache = Path(tmp) / f"cache{r}"
-            for label in ("cold", "warm"):
-                if demo:
-                    runs[f"demo_{label}"].append(demo_run(Path(tmp) / f"run{r}{label}", cache, iterations))
-                wall, _ = _cli(["generate", "--model", model, "--prompt", "Numbers: 3 5 7. Target: 22.",
-                                "--max-new-tokens", "24", "--greedy"], cache)
-                runs[f"generate_{label}"].append(round(wall, 2))
-    if demo:
-        for label in ("cold", "warm"):
-            first = [r["first_iteration_s"] for r in runs[f"demo_{label}"]]
-            steady = [r["steady_iteration_s"] for r in runs[f"demo_{label}"]]
-            result[f"demo_{label}"] = {"first_iteration": stats(first), "steady_iteration": stats(steady),
-                                       "first_over_steady_median": round(np.median(first) / np.median(steady), 2),
-                                       "process": stats([r["process_s"] for r in runs[f"demo_{label}"]])}
+            runs["load"].append(load())
+            if reference and demo:
+                runs["reference"].append(reference_run(iterations))
+            for kind, ahead in kinds:
+                cache = Path(tmp) / f"cache{r}{kind}"
+                for label in ("cold", "warm"):
+                    if demo:
+                        runs[f"demo{kind}_{label}"].append(demo_run(Path(tmp) / f"run{r}{kind}{label}", cache,
+                                                                    iterations, ahead))
+                    if kind:
+                        continue
+                    wall, cpu, _ = _cli(["generate", "--model", model, "--prompt", "Numbers: 3 5 7. Target: 22.",
+                                         "--max-new-tokens", "24", "--greedy"], cache)
+                    runs[f"generate_{label}"].append({"process_s": round(wall, 2), "process_cpu_s": round(cpu, 2)})
+    for name, rows in runs.items():
+        if name.startswith("demo") and rows:
+            first = [r["first_iteration_s"] for r in rows]
+            steady = [r["steady_iteration_s"] for r in rows]
+            result[name] = {"first_iteration": stats(first), "steady_iteration": stats(steady),
+                            "first_over_steady_median": round(np.median(first) / np.median(steady), 2),
+                            "process": stats([r["process_s"] for r in rows]),
+                            "process_cpu": stats([r["process_cpu_s"] for r in rows])}
     for label in ("cold", "warm"):
-        result[f"generate_{label}_process"] = stats(runs[f"generate_{label}"])
+        rows = runs[f"generate_{label}"]
+        result[f"generate_{label}_process"] = stats([r["process_s"] for r in rows])
+        result[f"generate_{label}_process_cpu"] = stats([r["process_cpu_s"] for r in rows])
+    if runs["reference"]:
+        ref = runs["reference"]
+        first = float(np.median([r["first_iteration_s"] for r in ref]))
+        result["reference"] = {"first_iteration": stats([r["first_iteration_s"] for r in ref]),
+                               "steady_iteration": stats([r["steady_iteration_s"] for r in ref]),
+                               "process": stats([r["process_s"] for r in ref]),
+                               "torch_threads": ref[0]["torch_threads"]}
+        for kind, _ in kinds:  # per round: this round's cold first iteration over the reference's
+            cold = runs[f"demo{kind}_cold"]
+            result[f"demo{kind}_cold_first_over_reference_first"] = {
+                "median": round(result[f"demo{kind}_cold"]["first_iteration"]["median_s"] / first, 2),
+                "per_round": [round(c["first_iteration_s"] / r["first_iteration_s"], 2) for c, r in zip(cold, ref)]}
     result["runs"] = runs
     result["load_after"] = load()
     return result
@@ -247,7 +297,7 @@ def main() -> None:
     demo_params = load_model(str(EMBEDDED_MODEL_DIR)).params
     big = None if args.quick else model_config("qwen2.5-0.5b")
     if "start" in args.sections:
-        record("start", measure_start, 1 if args.quick else 2)
+        record("start", measure_start, 1 if args.quick else 2, 4, True, None, True, True)
     if "update" in args.sections:
         # the demo: N = 64 antithetic (32 noise draws); the paper's loop has no antithetic pairs, so it draws 64
         record("update_demo", measure_update, demo, demo_params, 64, True, repeats, True)

@@ -152,3 +152,44 @@ def test_train_refuses_a_run_that_does_not_fit_before_reading_weights(tmp_path, 
                                                 r"es.population_chunk=2 fits"):
         loop.Run(load_settings(config), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+PLAN_THEN_TRAIN = """
+import dataclasses, sys
+from pathlib import Path
+from esjax.common.compile_cache import enable_compilation_cache
+import esjax.run.planner as planner
+from esjax.run.loop import train
+from esjax.run.settings import load_settings
+from esjax.run.topology import local_target
+config, out, cache, listing = sys.argv[1:]
+enable_compilation_cache(cache)
+check = planner.search_fit
+def search_fit(*args, **kwargs):  # the pre-flight check, then a listing of the cache entries it wrote
+    report = check(*args, **kwargs)
+    Path(listing).write_text("\\n".join(sorted(p.name for p in Path(cache).glob("*-cache"))))
+    return report
+planner.search_fit = search_fit
+planner.local_target = lambda: dataclasses.replace(local_target(), memory_bytes=64 << 30)  # like a GPU: checks fit
+train(load_settings(config, ["train.iterations=1"]), out, progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_train_runs_the_programs_its_memory_check_compiled(tmp_path):
+    """On a device that reports its memory, `esjax train` compiles its programs once before loading the weights;
+    the run's rollout, update and evaluation are those same programs: with the compilation cache on, the run adds
+    no cache entry for them (it loads what the check compiled instead of compiling again)."""
+    import os
+    import subprocess
+    import sys
+    cache, listing = tmp_path / "xla", tmp_path / "after_check.txt"
+    run = subprocess.run([sys.executable, "-c", PLAN_THEN_TRAIN, _config(tmp_path, TINY_ES), str(tmp_path / "run"),
+                          str(cache), str(listing)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "ESJAX_COMPILATION_CACHE": str(cache)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    checked = set(listing.read_text().split())
+    programs = ("jit_body", "jit_update_state", "jit_generate")  # the rollout (shard_map body), update, evaluation
+    assert {name.split("-")[0] for name in checked} >= set(programs)
+    added = {p.name for p in cache.glob("*-cache")} - checked
+    assert not [name for name in added if name.startswith(programs)], sorted(added)

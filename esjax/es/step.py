@@ -12,6 +12,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from esjax import distributed
+from esjax.common.ahead import Ahead
 from esjax.es.config import ESConfig
 from esjax.es.population import Rollout, make_rollout
 from esjax.es.update import ESState, init_state, update_state
@@ -61,6 +62,27 @@ def es_init(runner: ESRunner, params: Params, run_key: jax.Array) -> ESState:
     return jax.jit(lambda s: jax.tree.map(jnp.copy, s), out_shardings=sharding)(state)
 
 
+def rollout_args(runner: ESRunner, state: ESState, tokens: np.ndarray, mask: np.ndarray) -> tuple:
+    """The rollout's arguments for ``state``'s iteration: params, run key, iteration, the prompts replicated on the
+    mesh, and the sampling key (the run key folded with a salt, then with the iteration)."""
+    mesh = runner.replicated.mesh
+    sample_key = jax.random.fold_in(jax.random.fold_in(state.run_key, SAMPLE_KEY_SALT), state.iteration)
+    return (state.params, state.run_key, state.iteration, distributed.replicate(tokens, mesh),
+            distributed.replicate(mask, mesh), sample_key)
+
+
+def compile_ahead(runner: ESRunner, state: ESState, tokens: np.ndarray, mask: np.ndarray) -> ESRunner:
+    """``runner`` whose rollout and update are compiling in background threads (:class:`esjax.common.ahead.Ahead`)
+    for a step from ``state`` on prompts shaped like ``tokens`` and ``mask`` [B, P]: the first :func:`es_step`
+    waits for them instead of compiling the update only after the rollout has run, and what the caller does
+    meanwhile (the stage's first evaluation) overlaps the compiles."""
+    n = runner.config.population_size
+    fitness = np.zeros((n, tokens.shape[0]) if runner.config.group_baseline else (n,), np.float32)
+    rollout = Ahead(runner.rollout.fn, *rollout_args(runner, state, tokens, mask), name="es-rollout")
+    update = Ahead(runner.update, state, distributed.replicate(fitness, runner.replicated.mesh), name="es-update")
+    return runner._replace(rollout=runner.rollout._replace(fn=rollout), update=update)
+
+
 def es_step(runner: ESRunner, state: ESState, tokens: np.ndarray, mask: np.ndarray,
             score_fn: ScoreFn) -> tuple[ESState, StepResult]:
     """One iteration: every member generates for the B prompts, rows are scored on the host, fitness_i = member i's
@@ -73,10 +95,7 @@ def es_step(runner: ESRunner, state: ESState, tokens: np.ndarray, mask: np.ndarr
     """
     n = runner.config.population_size
     t0 = time.perf_counter()
-    sample_key = jax.random.fold_in(jax.random.fold_in(state.run_key, SAMPLE_KEY_SALT), state.iteration)
-    mesh = runner.replicated.mesh
-    out = runner.rollout(state.params, state.run_key, state.iteration, distributed.replicate(tokens, mesh),
-                         distributed.replicate(mask, mesh), sample_key)
+    out = runner.rollout(*rollout_args(runner, state, tokens, mask))
     members, (gen_tokens, lengths, finished) = distributed.addressable_rows(out.tokens, out.lengths, out.finished)
     t1 = time.perf_counter()
     batch, m = tokens.shape[0], members.shape[0]
@@ -91,7 +110,7 @@ def es_step(runner: ESRunner, state: ESState, tokens: np.ndarray, mask: np.ndarr
     fitness = (distributed.gather_rows(members, rewards, n) if runner.config.group_baseline
                else table[:, 0]).astype(np.float32)
     t2 = time.perf_counter()
-    state, metrics = runner.update(state, distributed.replicate(fitness, mesh))
+    state, metrics = runner.update(state, distributed.replicate(fitness, runner.replicated.mesh))
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
     t3 = time.perf_counter()
     return state, StepResult(RolloutStats.from_sums(table[:, 1:]), {
@@ -110,6 +129,11 @@ class ESMethod:
 
     def init(self, params: Params, key: jax.Array) -> ESState:
         return es_init(self.runner, params, key)
+
+    def compile_ahead(self, state: ESState, batch: Batch) -> None:
+        """Start compiling the rollout and the update for a step from ``state`` on ``batch``'s shape, in the
+        background (:func:`compile_ahead`); the next :meth:`step` waits for them."""
+        self.runner = compile_ahead(self.runner, state, batch.tokens, batch.mask)
 
     def step(self, state: ESState, batch: Batch, score: ScoreFn) -> tuple[ESState, StepResult]:
         return es_step(self.runner, state, batch.tokens, batch.mask, score)

@@ -25,6 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from esjax import distributed
+from esjax.common.ahead import Ahead
 from esjax.distributed.mesh import DATA_AXIS, MODEL_AXIS
 from esjax.grpo.config import GRPOConfig
 from esjax.grpo.update import GRPOState, init_state, sample_key, train_on_rollout
@@ -90,17 +91,24 @@ class GRPORunner(NamedTuple):
     def place_state(self, state: GRPOState) -> GRPOState:
         return jax.tree.map(distributed.put_global, state, self.state_sharding(state))
 
-    def rollout(self, params: Params, tokens: Any, mask: Any, key: Array) -> GenerateOutput:
+    def rollout_args(self, params: Params, tokens: Any, mask: Any, key: Array) -> tuple:
+        """:meth:`rollout`'s arguments placed as ``rollout_fn`` takes them."""
         put = functools.partial(distributed.put_global, sharding=self.sharded)
-        return self.rollout_fn(self.place_state(params), put(tokens), put(mask),
-                               distributed.put_global(key, self.replicated))
+        return self.place_state(params), put(tokens), put(mask), distributed.put_global(key, self.replicated)
+
+    def rollout(self, params: Params, tokens: Any, mask: Any, key: Array) -> GenerateOutput:
+        return self.rollout_fn(*self.rollout_args(params, tokens, mask, key))
+
+    def train_args(self, state: GRPOState, prompt_tokens: Any, prompt_mask: Any, completions: Any,
+                   rewards: Any) -> tuple:
+        """:meth:`train`'s arguments placed as ``train_fn`` takes them."""
+        put = functools.partial(distributed.put_global, sharding=self.sharded)
+        return (self.place_state(state), put(prompt_tokens), put(prompt_mask), put(completions),
+                put(rewards if isinstance(rewards, jax.Array) else np.asarray(rewards, np.float32)))
 
     def train(self, state: GRPOState, prompt_tokens: Any, prompt_mask: Any, completions: Any,
               rewards: Any) -> tuple[GRPOState, dict[str, Array]]:
-        put = functools.partial(distributed.put_global, sharding=self.sharded)
-        return self.train_fn(self.place_state(state), put(prompt_tokens), put(prompt_mask),
-                             put(completions), put(rewards if isinstance(rewards, jax.Array) else
-                                                   np.asarray(rewards, np.float32)))
+        return self.train_fn(*self.train_args(state, prompt_tokens, prompt_mask, completions, rewards))
 
 
 def make_runner(config: GRPOConfig, model_config: ModelConfig, sampling: SamplingConfig, mesh: Mesh | None = None,
@@ -122,15 +130,33 @@ def make_runner(config: GRPOConfig, model_config: ModelConfig, sampling: Samplin
     rollout_fn = jax.jit(functools.partial(rollout, model_config, sampling),
                          in_shardings=(params_sharding, data, data, repl),
                          out_shardings=GenerateOutput(data, data, data, data), compiler_options=compiler_options)
-    compiled: dict[Any, Callable] = {}
-
-    def train_fn(state, *batch):  # jitted once per state structure, with the state's own shardings
-        key = jax.tree.structure(state)
-        if key not in compiled:
-            compiled[key] = train_program(config, model_config, sampling, mesh, state, compiler_options)
-        return compiled[key](state, *batch)
-
+    train_fn = TrainPrograms(lambda state: train_program(config, model_config, sampling, mesh, state,
+                                                          compiler_options))
     return GRPORunner(config, model_config, sampling, mesh, rollout_fn, train_fn)
+
+
+class TrainPrograms:
+    """``train_fn(state, *batch)``: :func:`train_program` jitted once per state structure (the state keeps its own
+    shardings) and called."""
+
+    def __init__(self, build: Callable[[PyTree], Callable]):
+        self.build, self.programs = build, {}
+
+    def program(self, state: PyTree) -> Callable:
+        key = jax.tree.structure(state)
+        if key not in self.programs:
+            self.programs[key] = self.build(state)
+        return self.programs[key]
+
+    def compile_ahead(self, state: PyTree, *batch: Any) -> None:
+        """Start compiling the program for ``state`` and arrays shaped like ``batch`` in the background
+        (:class:`esjax.common.ahead.Ahead`); the next call with such a state waits for it."""
+        program = self.program(state)
+        program = program.fn if isinstance(program, Ahead) else program
+        self.programs[jax.tree.structure(state)] = Ahead(program, state, *batch, name="grpo-train")
+
+    def __call__(self, state: PyTree, *batch: Any) -> tuple[GRPOState, dict[str, Array]]:
+        return self.program(state)(state, *batch)
 
 
 def train_program(config: GRPOConfig, model_config: ModelConfig, sampling: SamplingConfig, mesh: Mesh, state: PyTree,
@@ -186,6 +212,21 @@ def grpo_step(runner: GRPORunner, state: GRPOState, tokens: Any, mask: Any,
     return state, StepResult(RolloutStats.from_sums(table), {f"grpo/{k}": v for k, v in metrics.items()})
 
 
+def compile_ahead(runner: GRPORunner, state: GRPOState, tokens: np.ndarray, mask: np.ndarray) -> GRPORunner:
+    """``runner`` whose rollout and training step are compiling in background threads
+    (:class:`esjax.common.ahead.Ahead`) for a step from ``state`` on prompts shaped like ``tokens`` and ``mask``
+    [B, P]: the first :func:`grpo_step` waits for them instead of compiling the training step only after the
+    rollout has run."""
+    g = runner.config.num_generations
+    rows_tokens, rows_mask = np.repeat(tokens, g, axis=0), np.repeat(mask, g, axis=0)
+    rollout = Ahead(runner.rollout_fn, *runner.rollout_args(state.params, rows_tokens, rows_mask, sample_key(state)),
+                    name="grpo-rollout")
+    completions = np.zeros((rows_tokens.shape[0], runner.sampling.max_new_tokens), np.int32)
+    runner.train_fn.compile_ahead(*runner.train_args(state, rows_tokens, rows_mask, completions,
+                                                     np.zeros(rows_tokens.shape[0], np.float32)))
+    return runner._replace(rollout_fn=rollout)
+
+
 def grpo_init(runner: GRPORunner, params: Params, run_key: Array) -> GRPOState:
     """The initial state on the runner's mesh (params replicated over ``"data"``, split over a model axis).
 
@@ -205,6 +246,11 @@ class GRPOMethod:
 
     def init(self, params: Params, key: jax.Array) -> GRPOState:
         return grpo_init(self.runner, params, key)
+
+    def compile_ahead(self, state: GRPOState, batch: Batch) -> None:
+        """Start compiling the rollout and the training step for a step from ``state`` on ``batch``'s shape, in the
+        background (:func:`compile_ahead`); the next :meth:`step` waits for them."""
+        self.runner = compile_ahead(self.runner, state, batch.tokens, batch.mask)
 
     def step(self, state: GRPOState, batch: Batch, score: ScoreFn) -> tuple[GRPOState, StepResult]:
         return grpo_step(self.runner, state, batch.tokens, batch.mask, score)

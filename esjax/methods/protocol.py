@@ -60,7 +60,11 @@ class StepResult:
 
 
 class Method(Protocol[State]):
-    """ES (:class:`esjax.es.step.ESMethod`) and GRPO (:class:`esjax.grpo.step.GRPOMethod`)."""
+    """ES (:class:`esjax.es.step.ESMethod`) and GRPO (:class:`esjax.grpo.step.GRPOMethod`).
+
+    Optional: ``compile_ahead(state, batch) -> None`` starts compiling the programs of a step from ``state`` on a
+    batch shaped like ``batch`` in the background (:class:`esjax.common.ahead.Ahead`); the loop calls it when a stage
+    starts, before the stage's first evaluation, so the compiles overlap it and one another."""
 
     config: Any  # ESConfig / GRPOConfig
     samples_per_prompt: int  # completions generated per prompt per step (N for ES, G for GRPO)

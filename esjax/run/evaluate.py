@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding
 
+from esjax import distributed
 from esjax.common.errors import InputError
 from esjax.generation.inference import check_context
 from esjax.models.config import ModelConfig
@@ -57,6 +59,16 @@ class PromptSet:
         return self.tokens[index], self.mask[index]
 
 
+def placer(params: Params) -> Callable[[Any], jax.Array]:
+    """How evaluation places its prompts and key: replicated over the mesh the params live on (as ``esjax plan``
+    compiles the evaluation, so a run finds the program its pre-flight check compiled in the compilation cache),
+    or left to ``jit`` where the params are not on a mesh."""
+    sharding = getattr(jax.tree.leaves(params)[0], "sharding", None)
+    if isinstance(sharding, NamedSharding):
+        return lambda x: distributed.replicate(x, sharding.mesh)
+    return jnp.asarray
+
+
 def evaluate(config: ModelConfig, params: Params, tokenizer: Any, task: Any, prompts: PromptSet,
              sampling: SamplingConfig, batch_size: int = 256, progress: Any = None) -> EvalResult:
     """Greedy generation for every prompt (fixed batch shape: one compilation), scored by ``task``."""
@@ -64,11 +76,12 @@ def evaluate(config: ModelConfig, params: Params, tokenizer: Any, task: Any, pro
     check_context(config, prompts.longest, sampling.max_new_tokens)
     n = len(prompts)
     batch = min(batch_size, n)
+    place = placer(params)
     rewards, correct, lengths, texts, parts, truncated = [], [], [], [], [], 0
     for start in range(0, n, batch):
         index = np.arange(start, start + batch) % n  # the last batch wraps around to keep the shape
         tokens, mask = prompts.rows(index)
-        out = generate_jit(config, params, jnp.asarray(tokens), jnp.asarray(mask), jax.random.key(0), sampling)
+        out = generate_jit(config, params, place(tokens), place(mask), place(jax.random.key(0)), sampling)
         keep = slice(0, min(batch, n - start))
         scores = score_rows(task, tokenizer, prompts.examples, index[keep], np.asarray(out.tokens)[keep],
                             np.asarray(out.lengths)[keep], np.asarray(out.finished)[keep])

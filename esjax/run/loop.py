@@ -77,19 +77,22 @@ class Run:
             logger.log(start, {"settings_changed": sorted(self.changes), "samples": samples})
             self.setup.log(f"settings changed from iteration {start}: {', '.join(sorted(self.changes))}")
         recorded = json.loads(json.dumps(to_dict(s)))  # each checkpoint records the settings it was trained with
-        bar = self._progress(total, start)
+        bar, ahead = self._progress(total, start), -1
         try:
             for it in range(start, total):
                 stage = stage_at(self.stages, it)
                 if self.method_stage != stage.index:  # a new stage starts from the last one's model
                     _, state = self._method_for(stage, setup.model.params if state is None else
                                                 self.method.params(state), key)
+                batch = batch_indices(s.train.seed, stage.index, it - stage.begin, s.train.prompts_per_iteration,
+                                      len(stage.train))
+                if ahead != stage.index:  # the step's programs compile in the background, beside the evaluation
+                    self._compile_ahead(state, Batch(*stage.train.rows(batch)))
+                    ahead = stage.index
                 if it == stage.begin:  # (a checkpoint is never taken between this and the stage's first step)
                     evals = eval_metrics(evaluate_stage(setup, self.method.params(state), stage))
                     logger.log(it, {"stage": stage.index, "samples": samples, **evals})
                 t0 = time.perf_counter()
-                batch = batch_indices(s.train.seed, stage.index, it - stage.begin, s.train.prompts_per_iteration,
-                                      len(stage.train))
                 state, result = self.method.step(state, Batch(*stage.train.rows(batch)), self._score_fn(stage, batch))
                 samples += len(batch) * self.method.samples_per_prompt
                 metrics = result.record() | {"stage": stage.index, "samples": samples,
@@ -111,6 +114,13 @@ class Run:
             logger.close()
             checkpoints.close()
         return finish_run(setup, logger.records(), matrices)
+
+    def _compile_ahead(self, state: Any, batch: Batch) -> None:
+        """Let the method compile its step for ``state`` and ``batch``'s shape in the background, if it can
+        (``Method.compile_ahead``; off with ``train.compile_ahead: false``)."""
+        start = getattr(self.method, "compile_ahead", None)
+        if start is not None and self.settings.train.compile_ahead:
+            start(state, batch)
 
     def _score_fn(self, stage: Stage, batch) -> ScoreFn:
         examples = [stage.train.examples[i] for i in batch]

@@ -26,6 +26,7 @@ CONFIG_FILE = "config.yaml"
 HISTORY_FILE = "settings_history.jsonl"
 _BUDGET_KEYS = ("train.iterations",)  # plus every "...iterations" key of a task or stage
 PLACEMENT_KEYS = ("train.devices", "train.model_parallel")  # where the run computes, not what: free on resume
+FREE_KEYS = (*PLACEMENT_KEYS, "train.compile_ahead")  # and when it compiles: free too
 
 
 class ResumeError(EsjaxError, ValueError):
@@ -87,7 +88,7 @@ def resume_settings(run_dir: str | Path, config: str | Path | None = None, overr
     """The settings to resume ``run_dir`` with, and how they differ from its saved ones.
 
     Raises :class:`ResumeError` when there is nothing to resume, when a setting other than the iteration budget
-    or the device placement changes without ``allow_changes``, when the budget ends before the iterations already done, and when the saved
+    or the device placement (or ``train.compile_ahead``) changes without ``allow_changes``, when the budget ends before the iterations already done, and when the saved
     settings name a Python task file and neither CONFIG nor ``trust_task_files`` says to import it.
     """
     run_dir = Path(run_dir)
@@ -108,7 +109,7 @@ def resume_settings(run_dir: str | Path, config: str | Path | None = None, overr
                           f"before the {done} iterations this run has done")
     if any(_is_budget(k) for k in changes):
         _check_schedule_covers(run_dir, settings)
-    refused = {k: v for k, v in changes.items() if not _is_budget(k) and k not in PLACEMENT_KEYS}
+    refused = {k: v for k, v in changes.items() if not _is_budget(k) and k not in FREE_KEYS}
     if refused and not allow_changes:
         raise ResumeError(f"{run_dir}: these settings differ from the run's {CONFIG_FILE}: {_describe(refused)}; "
                           f"resume without CONFIG/--set, or pass --allow-changes to apply them (recorded in "

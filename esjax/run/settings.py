@@ -90,6 +90,7 @@ class TrainSettings:
     devices: int | None = None  # devices on the population/data axis (None: see MeshPlan)
     model_parallel: int = 1  # devices per tensor-parallel group: the mesh's "model" axis (esjax.distributed)
     compilation_cache: str | None = None  # XLA cache folder, or "off"; None: ESJAX_COMPILATION_CACHE or the default
+    compile_ahead: bool = True  # compile a stage's step in background threads, beside its first evaluation
 
     def __post_init__(self):
         _at_least(self, iterations=1, prompts_per_iteration=1, seed=0, eval_every=0, checkpoint_every=0,
