@@ -286,6 +286,11 @@ def main() -> None:
     repeats = 3 if args.quick else 7
     result: dict[str, Any] = {"benchmark": "es_costs", **device_info(), "code": str(CODE[0])}
     out = Path(args.out or Path(__file__).parent / f"es_costs-{result['platform']}.json")
+    if out.is_file():  # the parts not re-measured stay as they were (with their own loads)
+        previous = json.loads(out.read_text())
+        kept = {k: v for k, v in previous.items() if k.split("_")[0] in {"start", "update", "rollout"} - set(
+            args.sections)}
+        result |= kept | ({"kept_from_previous_run": sorted(kept)} if kept else {})
 
     def record(name: str, fn: Callable[..., dict], *fn_args) -> None:  # the JSON is rewritten after each part
         result[name] = fn(*fn_args)
