@@ -302,7 +302,7 @@ def main() -> None:
     demo_params = load_model(str(EMBEDDED_MODEL_DIR)).params
     big = None if args.quick else model_config("qwen2.5-0.5b")
     if "start" in args.sections:
-        record("start", measure_start, 1 if args.quick else 2, 4, True, None, True, True)
+        record("start", measure_start, 1 if args.quick else 3, 4, True, None, True, True)
     if "update" in args.sections:
         # the demo: N = 64 antithetic (32 noise draws); the paper's loop has no antithetic pairs, so it draws 64
         record("update_demo", measure_update, demo, demo_params, 64, True, repeats, True)

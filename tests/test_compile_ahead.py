@@ -1,6 +1,7 @@
 """Compiling a step ahead, in background threads: the same results as the plain calls, no second compile, and a
 failed background compile raised at the call that needed it (esjax/common/ahead.py, ESMethod.compile_ahead)."""
 
+import dataclasses
 import threading
 
 import chex
@@ -67,20 +68,23 @@ def test_a_failed_background_compile_raises_at_the_call():
     np.testing.assert_array_equal(ahead(jnp.ones(2)), np.ones(2))
 
 
-@pytest.mark.parametrize("devices, group_baseline", [(1, False), pytest.param(2, True, marks=pytest.mark.slow)])
-def test_es_step_compiled_ahead_equals_the_plain_step(compiles, devices, group_baseline):
+@pytest.mark.parametrize("devices, group_baseline, scan", [(1, False, False),
+                                                            pytest.param(2, True, False, marks=pytest.mark.slow),
+                                                            pytest.param(1, False, True, marks=pytest.mark.slow)])
+def test_es_step_compiled_ahead_equals_the_plain_step(compiles, devices, group_baseline, scan):
     """Two ES steps with the rollout and update compiled ahead: bitwise the plain method's states and metrics, and
-    no compile on the calling thread during the steps."""
+    no compile on the calling thread during the steps (layers unrolled, or scanned as on TPUs)."""
     es = ESConfig(population_size=4, sigma=0.05, alpha=0.01, antithetic=True, group_baseline=group_baseline)
     sampling = SamplingConfig(max_new_tokens=5, pad_token_id=1)
     mesh = population_mesh(jax.devices()[:devices])
+    config = dataclasses.replace(CONFIG, scan_layers=scan)
 
     def score(tokens, lengths, finished, prompt):
         return ((tokens * (np.arange(tokens.shape[1]) < lengths[:, None])).sum(1) % 7 / 7 + prompt), prompt > 0
 
     results = []
     for ahead in (False, True):
-        method = ESMethod(es, CONFIG, sampling, mesh, PARAMS, BATCH.tokens.shape)
+        method = ESMethod(es, config, sampling, mesh, PARAMS, BATCH.tokens.shape)
         state = method.init(PARAMS, jax.random.key(1))
         if ahead:
             method.compile_ahead(state, BATCH)

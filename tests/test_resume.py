@@ -53,6 +53,8 @@ def test_resume_settings_rules(tmp_path):
     assert settings.es.sigma == 0.02 and changes == {"es.sigma": (0.01, 0.02)}
     settings, changes = resume_settings(run, None, ["train.iterations=12"])  # a longer budget needs no flag
     assert settings.train.iterations == 12 and changes == {"train.iterations": (8, 12)}
+    settings, changes = resume_settings(run, None, ["train.compile_ahead=false"])  # when it compiles: no flag
+    assert not settings.train.compile_ahead and changes == {"train.compile_ahead": (True, False)}
     with pytest.raises(ResumeError, match=r"train.iterations \(8 -> 4\) ends before the 6 iterations"):
         resume_settings(run, None, ["train.iterations=4"], allow_changes=True)
     cosine = fake_run(tmp_path / "cosine", ["train.iterations=8", "es.alpha_schedule=cosine", "train.devices=1"], 6)

@@ -87,9 +87,10 @@ def resume_settings(run_dir: str | Path, config: str | Path | None = None, overr
                     ) -> tuple[RunSettings, dict[str, tuple[Any, Any]]]:
     """The settings to resume ``run_dir`` with, and how they differ from its saved ones.
 
-    Raises :class:`ResumeError` when there is nothing to resume, when a setting other than the iteration budget
-    or the device placement (or ``train.compile_ahead``) changes without ``allow_changes``, when the budget ends before the iterations already done, and when the saved
-    settings name a Python task file and neither CONFIG nor ``trust_task_files`` says to import it.
+    Raises :class:`ResumeError` when there is nothing to resume, when a setting other than the iteration budget,
+    the device placement or ``train.compile_ahead`` changes without ``allow_changes``, when the budget ends before
+    the iterations already done, and when the saved settings name a Python task file and neither CONFIG nor
+    ``trust_task_files`` says to import it.
     """
     run_dir = Path(run_dir)
     saved_file = run_dir / CONFIG_FILE
