@@ -1,6 +1,7 @@
 """Shared fixtures: tiny random HF models built locally with transformers (no downloads)."""
 
 import os
+import textwrap
 from pathlib import Path
 
 # 8 simulated CPU devices; less LLVM optimisation: tiny test programs compile ~3x faster, same semantics
@@ -11,6 +12,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ["ESJAX_COMPILATION_CACHE"] = "off"
 
 import jax  # noqa: E402
+
 import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -39,3 +41,21 @@ def tiny_model_dirs(tmp_path_factory):
 @pytest.fixture(scope="session")
 def qwen2_dir(tiny_model_dirs):
     return tiny_model_dirs["qwen2"]
+
+
+@pytest.fixture
+def exploding_task(tmp_path):
+    """``make(name) -> path``: a task file registering ``name``, a task whose reward raises ZeroDivisionError."""
+    def make(name):
+        path = tmp_path / f"{name}_task.py"
+        path.write_text(textwrap.dedent(f"""
+            from esjax.tasks import register
+            from esjax.tasks.conciseness import ConcisenessTask
+
+            @register("{name}", replace=True)
+            class Exploding(ConcisenessTask):
+                def reward(self, completion, example, truncated=False):
+                    raise ZeroDivisionError("boom")
+        """))
+        return path
+    return make

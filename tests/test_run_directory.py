@@ -85,19 +85,11 @@ def test_a_failed_new_run_removes_only_what_it_created(tmp_path):
     assert (raced / "notes.txt").read_text() == "mine"
 
 
-def test_a_start_failing_after_the_directory_was_made_keeps_an_existing_out(qwen2_dir, tmp_path, capsys):
+def test_a_start_failing_after_the_directory_was_made_keeps_an_existing_out(qwen2_dir, tmp_path, capsys,
+                                                                            exploding_task):
     """The CLI: an existing (empty) --out and a reward that raises at the first iteration: exit 2, one line, and
     --out is left as it was."""
-    task = tmp_path / "bad_task.py"
-    task.write_text(textwrap.dedent("""
-        from esjax.tasks import register
-        from esjax.tasks.conciseness import ConcisenessTask
-
-        @register("exploding_dir", replace=True)
-        class Exploding(ConcisenessTask):
-            def reward(self, completion, example, truncated=False):
-                raise ZeroDivisionError("boom")
-    """))
+    task = exploding_task("exploding_dir")
     out = tmp_path / "out"
     out.mkdir()
     sets = [f"model.path={qwen2_dir}", "task.name=exploding_dir", f"task.file={task}", "task.eval_limit=2",

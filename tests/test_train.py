@@ -199,17 +199,8 @@ def test_failed_start_leaves_nothing_and_the_corrected_command_runs(qwen2_dir, t
     assert (out / "summary.json").is_file() and load_settings(out / "config.yaml").task.name == "countdown_procedural"
 
 
-def test_reward_that_raises_stops_cleanly(qwen2_dir, tmp_path, capsys):
-    user_task = tmp_path / "bad_task.py"
-    user_task.write_text(textwrap.dedent("""
-        from esjax.tasks import register
-        from esjax.tasks.conciseness import ConcisenessTask
-
-        @register("exploding", replace=True)
-        class Exploding(ConcisenessTask):
-            def reward(self, completion, example, truncated=False):
-                raise ZeroDivisionError("boom")
-    """))
+def test_reward_that_raises_stops_cleanly(qwen2_dir, tmp_path, capsys, exploding_task):
+    user_task = exploding_task("exploding")
     args = ["train", "--out", str(tmp_path / "run"), "--no-progress", "--set", f"model.path={qwen2_dir}",
             "--set", "task.name=exploding", "--set", f"task.file={user_task}", "--set", "task.eval_limit=2",
             "--set", "sampling.max_new_tokens=4", "--set", "es.population_size=2", "--set", "train.iterations=2",
