@@ -12,6 +12,7 @@ The caller folds the noise scale into ``b``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -233,6 +234,9 @@ class Decoder(nn.Module):
         lowrank = self.get_variable("lowrank", STACKED) if self.has_variable("lowrank", STACKED) else None
         block = Block(self.config, dtype=self.dtype, param_dtype=self.param_dtype, parent=None)
 
+        # rematerialised: a gradient (GRPO) keeps each layer's input and recomputes the layer in the backward pass,
+        # instead of holding every layer's activations (no effect without a gradient)
+        @functools.partial(jax.checkpoint, prevent_cse=False)
         def step(x, layer):
             params, factors, layer_cache = layer
             variables = {"params": params} | ({"lowrank": factors} if factors is not None else {})
